@@ -1,0 +1,350 @@
+"""Settings: the YAML file of DESIGN.md, as frozen typed values, validated once at start.
+
+msgspec does the structural work (types, ranges, unknown keys) and reports the path of a bad
+key; `_check` adds the rules that span keys (routes name known pools, burst needs rate...).
+Every error becomes a ConfigError whose text starts with the dotted path of the key:
+``pools.email.retry.max_attempts: expected int, got str``.
+
+Environment variables ``DISPATCHER_<SECTION>__<KEY>`` (more ``__`` for deeper keys) override
+file values; their text is read as a YAML scalar so ``DISPATCHER_SERVER__PORT=9000`` is an int.
+Nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import yaml
+
+from .errors import ConfigError
+from .routing import validate_pattern
+
+POOL_NAME = re.compile(r"^[a-z0-9_-]{1,64}$")
+Scope = Literal["produce", "read", "operate", "admin"]
+SCOPES: tuple[Scope, ...] = ("produce", "read", "operate", "admin")
+
+Seconds = Annotated[float, msgspec.Meta(ge=0)]
+PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
+Count = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
+    max_body_bytes: Count = 1_048_576
+    grace_period: Seconds = 30.0
+    request_timeout: PositiveSeconds = 15.0  # slow clients are cut off after this
+
+
+class StoreConfig(_Section):
+    url: str = "sqlite:///./dispatcher-data/dispatcher.db"
+    min_free_bytes: Annotated[int, msgspec.Meta(ge=0)] = 67_108_864
+    lease: PositiveSeconds = 30.0
+    synchronous: Literal["full", "normal"] = "full"  # sqlite: fsync every commit, or WAL-safe
+    retention: Seconds = 3600.0  # delivered messages stay visible this long
+    dedup_window: Seconds = 86_400.0
+
+
+class TokenConfig(_Section):
+    name: str
+    token: str | None = None
+    token_env: str | None = None
+    scopes: tuple[Scope, ...] = ("produce", "read")
+
+
+class AuthConfig(_Section):
+    tokens: tuple[TokenConfig, ...] = ()
+    disabled: bool = False
+
+
+class RetryConfig(_Section):
+    max_attempts: Count = 5
+    initial_backoff: Seconds = 1.0
+    max_backoff: Seconds = 300.0
+    multiplier: Annotated[float, msgspec.Meta(ge=1)] = 2.0
+
+
+class WebhookSinkConfig(_Section, tag="webhook", tag_field="type"):
+    url: str
+    secret: str | None = None
+    headers: dict[str, str] = {}
+
+
+class PythonSinkConfig(_Section, tag="python", tag_field="type"):
+    handler: str  # "package.module:function"
+
+
+class WebsocketSinkConfig(_Section, tag="websocket", tag_field="type"):
+    ack_timeout: PositiveSeconds = 10.0
+
+
+class LogSinkConfig(_Section, tag="log", tag_field="type"):
+    level: Literal["debug", "info", "warning"] = "info"
+
+
+class DemoSinkConfig(_Section, tag="demo", tag_field="type"):
+    fail_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+    latency: Seconds = 0.0
+
+
+SinkConfig = (
+    WebhookSinkConfig | PythonSinkConfig | WebsocketSinkConfig | LogSinkConfig | DemoSinkConfig
+)
+
+
+class PoolConfig(_Section):
+    sink: SinkConfig
+    concurrency: Count = 8
+    rate: Annotated[float, msgspec.Meta(gt=0)] | None = None  # None: unlimited
+    burst: Count | None = None  # None: one second's worth of `rate`
+    max_backlog: Count = 100_000
+    timeout: PositiveSeconds = 10.0
+    retry: RetryConfig = RetryConfig()
+
+    @property
+    def effective_burst(self) -> int:
+        if self.burst is not None:
+            return self.burst
+        return max(1, math.ceil(self.rate)) if self.rate else 1
+
+
+class RouteConfig(_Section):
+    match: str
+    pools: tuple[str, ...]
+
+
+class SecurityConfig(_Section):
+    webhook_allow_private: bool = False
+    webhook_allow_cidrs: tuple[str, ...] = ()
+
+
+class DemoConfig(_Section):
+    traffic: Seconds = 0.0  # demo messages per second generated in-process; 0 = off
+
+
+class Settings(_Section):
+    server: ServerConfig = ServerConfig()
+    store: StoreConfig = StoreConfig()
+    auth: AuthConfig = AuthConfig()
+    pools: dict[str, PoolConfig] = {}
+    routes: tuple[RouteConfig, ...] = ()
+    security: SecurityConfig = SecurityConfig()
+    demo: DemoConfig = DemoConfig()
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice instead of keeping the last one."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
+        if key in seen:
+            raise ConfigError(str(key), f"given twice (line {key_node.start_mark.line + 1})")
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
+)
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    base: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Read `path` (or start from `base`, or empty), apply env overrides, validate."""
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError("", f"cannot read {path}: {exc.strerror}") from None
+        try:
+            raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        except yaml.YAMLError as exc:
+            raise ConfigError("", f"{path} is not valid YAML: {exc}") from None
+        raw = {} if raw is None else raw
+    else:
+        raw = _deep_copy(base or {})
+    if not isinstance(raw, dict):
+        raise ConfigError("", "the top level must be a mapping")
+    _apply_env(raw, os.environ if env is None else env)
+    return settings_from_dict(raw, env=os.environ if env is None else env)
+
+
+def settings_from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:
+    try:
+        settings = msgspec.convert(raw, Settings, strict=True)
+    except msgspec.ValidationError as exc:
+        raise _from_msgspec(exc) from None
+    _check(settings, os.environ if env is None else env)
+    return settings
+
+
+_AT = re.compile(r"^(?P<problem>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+
+
+def _from_msgspec(exc: msgspec.ValidationError) -> ConfigError:
+    match = _AT.match(str(exc))
+    assert match is not None  # the pattern matches any text
+    path = (match["path"] or "").lstrip(".")
+    path = re.sub(r"\[(\d+)\]", r".\1", path)
+    problem = match["problem"].replace("`", "")
+    problem = problem[:1].lower() + problem[1:]
+    unknown = re.match(r"object contains unknown field (\S+)", problem)
+    if unknown:  # name the bad key itself, not its parent
+        return ConfigError(f"{path}.{unknown[1]}".lstrip("."), "unknown key")
+    missing = re.match(r"object missing required field (\S+)", problem)
+    if missing:
+        return ConfigError(f"{path}.{missing[1]}".lstrip("."), "required")
+    return ConfigError(path, problem)
+
+
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    for name in sorted(env):
+        if not name.startswith("DISPATCHER_") or "__" not in name:
+            continue
+        keys = [k.lower() for k in name[len("DISPATCHER_") :].split("__")]
+        if not all(keys):
+            raise ConfigError(name, "malformed override name")
+        node = raw
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(".".join(keys), f"{name} overrides a value that is not a map")
+            node = child
+        try:
+            node[keys[-1]] = yaml.safe_load(env[name])
+        except yaml.YAMLError:
+            node[keys[-1]] = env[name]
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+def _check(settings: Settings, env: Mapping[str, str]) -> None:
+    for name, pool in settings.pools.items():
+        where = f"pools.{name}"
+        if not POOL_NAME.match(name):
+            raise ConfigError(where, "pool names are 1 to 64 of [a-z0-9_-]")
+        if pool.burst is not None and pool.rate is None:
+            raise ConfigError(f"{where}.burst", "needs a rate")
+        if pool.retry.max_backoff < pool.retry.initial_backoff:
+            raise ConfigError(f"{where}.retry.max_backoff", "is below initial_backoff")
+        sink = pool.sink
+        if isinstance(sink, WebhookSinkConfig):
+            _check_webhook_url(f"{where}.sink.url", sink.url, settings.security)
+        if isinstance(sink, PythonSinkConfig) and not re.match(
+            r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", sink.handler
+        ):
+            raise ConfigError(f"{where}.sink.handler", "expected 'package.module:function'")
+    for i, route in enumerate(settings.routes):
+        try:
+            validate_pattern(route.match)
+        except ValueError as exc:
+            raise ConfigError(f"routes.{i}.match", str(exc)) from None
+        if not route.pools:
+            raise ConfigError(f"routes.{i}.pools", "names no pool")
+        for pool_name in route.pools:
+            if pool_name not in settings.pools:
+                raise ConfigError(f"routes.{i}.pools", f"unknown pool {pool_name!r}")
+    for i, cidr in enumerate(settings.security.webhook_allow_cidrs):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(f"security.webhook_allow_cidrs.{i}", "not a CIDR") from None
+    names: set[str] = set()
+    for i, token in enumerate(settings.auth.tokens):
+        where = f"auth.tokens.{i}"
+        if token.name in names:
+            raise ConfigError(f"{where}.name", f"{token.name!r} is used twice")
+        names.add(token.name)
+        if (token.token is None) == (token.token_env is None):
+            raise ConfigError(where, "give exactly one of token and token_env")
+        if token.token_env is not None and not env.get(token.token_env):
+            raise ConfigError(f"{where}.token_env", f"${token.token_env} is not set")
+        if not token.scopes:
+            raise ConfigError(f"{where}.scopes", "names no scope")
+    if settings.auth.disabled and not is_loopback_host(settings.server.host):
+        raise ConfigError("auth.disabled", "allowed only when server.host is a loopback address")
+    if not re.match(r"^(sqlite|redis|rediss|memory)://", settings.store.url):
+        raise ConfigError("store.url", "expected sqlite:///path, redis://host:port/db or memory://")
+
+
+def _check_webhook_url(path: str, url: str, security: SecurityConfig) -> None:
+    from .ssrf import AddressGuard, literal_host  # the guard lives with the sinks' I/O
+
+    match = re.match(r"^https?://[^/\s]+", url)
+    if not match:
+        raise ConfigError(path, "expected an http:// or https:// URL")
+    host = literal_host(url)
+    guard = AddressGuard(security.webhook_allow_private, security.webhook_allow_cidrs)
+    if host is not None and not guard.allows(host):
+        raise ConfigError(
+            path,
+            f"{host} is a private or loopback address; set security.webhook_allow_private "
+            "or list it in security.webhook_allow_cidrs",
+        )
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def token_value(token: TokenConfig, env: Mapping[str, str]) -> str:
+    """The secret of a token: inline, or read from its environment variable."""
+    if token.token is not None:
+        return token.token
+    assert token.token_env is not None  # _check guarantees one of the two
+    return env[token.token_env]
+
+
+_SECRET_KEYS = frozenset({"token", "secret"})
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data, every secret replaced by '***'."""
+
+    def scrub(value: Any, key: str = "") -> Any:
+        if key == "headers" and isinstance(value, dict):  # may carry Authorization
+            return {k: "***" for k in value}
+        if isinstance(value, dict):
+            return {k: scrub(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [scrub(v) for v in value]
+        if key in _SECRET_KEYS and value is not None:
+            return "***"
+        if key == "url" and isinstance(value, str):
+            return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", value)
+        return value
+
+    result: dict[str, Any] = scrub(msgspec.to_builtins(settings))
+    return result

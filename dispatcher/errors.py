@@ -1,0 +1,104 @@
+"""The one exception tree of the dispatcher.
+
+    DispatcherError
+     ├── ConfigError            a setting was refused; carries the dotted path of the key
+     ├── Rejected               ingest refused a message (maps to an HTTP status)
+     │    ├── InvalidMessage    422: valid JSON that breaks the schema
+     │    ├── Unroutable        422: no route matches the tag
+     │    ├── BacklogFull       429: a target pool's backlog reached max_backlog
+     │    └── Unavailable       503: store down, disk nearly full, or draining
+     ├── NotFound               an unknown pool or message
+     ├── StoreError             the store failed (I/O, corruption, connection)
+     └── DeliveryError          raised by a sink to classify a failed attempt
+          ├── Retry             retry later (optionally not before `retry_after`)
+          └── Permanent         never retry: straight to the DLQ
+
+"Retry later" and "reject now" are signals, separate from real failures: any other exception
+a sink raises is a retryable failure with its text recorded as the attempt's error.
+"""
+
+from __future__ import annotations
+
+
+class DispatcherError(Exception):
+    """Base of every error the dispatcher raises on purpose."""
+
+
+class ConfigError(DispatcherError):
+    """A configuration value was refused. `path` names the key (`pools.email.rate`)."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}" if path else problem)
+        self.path = path
+        self.problem = problem
+
+
+class Rejected(DispatcherError):
+    """Ingest refused a message; nothing was stored."""
+
+    status = 400
+    reason = "invalid"  # the `reason` label of dispatcher_messages_rejected_total
+    retry_after: float | None = None
+
+    def __init__(self, detail: str, *, pointer: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.pointer = pointer
+
+
+class InvalidMessage(Rejected):
+    status = 422
+    reason = "invalid"
+
+
+class Unroutable(Rejected):
+    status = 422
+    reason = "unroutable"
+
+
+class BacklogFull(Rejected):
+    status = 429
+    reason = "backlog_full"
+
+    def __init__(self, pool: str, limit: int, retry_after: float = 1.0) -> None:
+        super().__init__(f"pool {pool!r} has reached its max_backlog of {limit}")
+        self.pool = pool
+        self.retry_after = retry_after
+
+
+class Unavailable(Rejected):
+    status = 503
+    reason = "unavailable"
+
+    def __init__(self, detail: str, retry_after: float = 5.0) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class NotFound(DispatcherError):
+    """An unknown pool or message id."""
+
+
+class StoreError(DispatcherError):
+    """The store could not do what was asked (I/O error, lost connection)."""
+
+
+class DeliveryError(DispatcherError):
+    """Raised by a sink (or a python handler) to say how an attempt failed."""
+
+    retryable = True
+
+    def __init__(self, detail: str = "", *, retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+class Retry(DeliveryError):
+    """Try again later; `retry_after` (seconds) overrides the computed backoff when longer."""
+
+
+class Permanent(DeliveryError):
+    """The attempt can never succeed (a 4xx, a malformed payload): dead-letter at once."""
+
+    retryable = False

@@ -1,0 +1,30 @@
+"""The Sink interface: where a pool delivers a job.
+
+A sink makes one attempt and classifies it; it never retries by itself (the pool owns retries
+and timeouts). Returning means success. Raising `errors.Retry` or `errors.Permanent` says how
+it failed (with an optional `retry_after`); any other exception is a retryable failure whose
+text becomes the attempt's error. Timeouts are enforced by the pool by cancelling `deliver`.
+"""
+
+from __future__ import annotations
+
+import abc
+
+from ..message import Job
+
+
+class Sink(abc.ABC):
+    #: the `type` of its config, for logs
+    kind: str = "abstract"
+
+    async def start(self) -> None:
+        """Acquire resources; called once before the first delivery."""
+        return None
+
+    async def close(self) -> None:
+        """Release resources; called once at shutdown after the last delivery."""
+        return None
+
+    @abc.abstractmethod
+    async def deliver(self, job: Job, attempt: int) -> None:
+        """Attempt number `attempt` (1-based) of delivering `job`."""

@@ -1,0 +1,134 @@
+"""The Store interface: where messages live between ingest and delivery.
+
+Every backend keeps the same semantics, checked by one contract suite
+(tests/test_store_contract.py):
+
+- `enqueue` is durable when it returns: a 2xx to the producer is sent only after it.
+- A job is QUEUED (ready, or scheduled when `available_at` is in the future), CLAIMED by a
+  pool, DELIVERED (kept `retention` seconds for status look-ups) or DEAD (in the DLQ).
+- `claim` takes ready jobs of one pool, highest priority first, then oldest, marking them
+  CLAIMED; `complete` applies a batch of outcomes; `release` puts claimed jobs back untouched.
+- On `open`, jobs left CLAIMED by a process that died are QUEUED again (at-least-once).
+- Replay moves DEAD jobs back to QUEUED with a fresh attempt count; the attempts of the
+  earlier generation move to the job's history (lineage is kept).
+
+Methods are coroutines and never block the event loop (SQLite work runs on its own thread).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+
+from ..message import (
+    AuditEntry,
+    Completion,
+    DlqEntry,
+    DlqFilter,
+    Job,
+    MessageStatus,
+    NewMessage,
+    PoolCounts,
+)
+
+
+class Claim:
+    """The result of `Store.claim`: jobs, and when the next scheduled job of the pool
+    becomes ready (None if none is scheduled), so the pool can sleep until then."""
+
+    __slots__ = ("jobs", "next_at")
+
+    def __init__(self, jobs: list[Job], next_at: float | None) -> None:
+        self.jobs = jobs
+        self.next_at = next_at
+
+
+class Store(abc.ABC):
+    #: the `store` label of dispatcher_build_info ("sqlite", "memory", "redis")
+    kind: str = "abstract"
+
+    # --- lifecycle -----------------------------------------------------------------------
+    @abc.abstractmethod
+    async def open(self) -> int:
+        """Create or migrate storage and requeue jobs left CLAIMED by a dead process.
+        Returns how many jobs were requeued."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Flush pending writes and release resources. Idempotent."""
+
+    async def ping(self) -> bool:
+        """True when the store can serve requests (for /readyz)."""
+        return True
+
+    # --- the hot path --------------------------------------------------------------------
+    @abc.abstractmethod
+    async def enqueue(self, batch: Sequence[NewMessage]) -> list[bool]:
+        """Commit messages durably, one job per pool each. Answers, in order, True for a
+        message stored now and False for one whose id the store already holds (a duplicate:
+        nothing is written for it). Duplicates within `batch` itself: the first wins."""
+
+    @abc.abstractmethod
+    async def claim(self, pool: str, limit: int, now: float) -> Claim:
+        """Claim up to `limit` jobs of `pool` whose available_at <= now."""
+
+    @abc.abstractmethod
+    async def complete(self, completions: Sequence[Completion]) -> None:
+        """Record each attempt and apply its fate: delivered, rescheduled or dead."""
+
+    @abc.abstractmethod
+    async def release(self, jobs: Sequence[Job]) -> None:
+        """Return claimed jobs to QUEUED without counting an attempt (pause, shutdown)."""
+
+    # --- reads ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def get_message(self, message_id: str) -> MessageStatus | None: ...
+
+    @abc.abstractmethod
+    async def counts(self, now: float) -> dict[str, PoolCounts]:
+        """Per-pool counts of every pool that has jobs; pools absent have none."""
+
+    # --- dead-letter queue ---------------------------------------------------------------
+    @abc.abstractmethod
+    async def dlq_list(
+        self, selector: DlqFilter, limit: int, cursor: str | None = None
+    ) -> tuple[list[DlqEntry], str | None]:
+        """DLQ entries matching `selector`, newest failure first, and the cursor of the next
+        page (None at the end). Cursors are opaque strings."""
+
+    @abc.abstractmethod
+    async def dlq_count(self, selector: DlqFilter) -> int: ...
+
+    @abc.abstractmethod
+    async def dlq_replay(
+        self, selector: DlqFilter, now: float, interval: float = 0.0
+    ) -> dict[str, int]:
+        """Move matching DEAD jobs back to QUEUED with a fresh attempt count. With
+        `interval` > 0 the k-th one becomes available at now + k * interval (a replay rate).
+        Returns how many were replayed per pool."""
+
+    @abc.abstractmethod
+    async def dlq_purge(self, selector: DlqFilter) -> dict[str, int]:
+        """Delete matching DEAD jobs (and messages left with no job). Per-pool counts."""
+
+    # --- housekeeping, settings, audit ---------------------------------------------------
+    @abc.abstractmethod
+    async def expire(self, delivered_before: float) -> int:
+        """Forget delivered jobs finished before the given time; returns how many."""
+
+    @abc.abstractmethod
+    async def load_pool_settings(self) -> dict[str, dict[str, object]]:
+        """Runtime overrides of pool settings (rate, burst, concurrency, paused) by pool."""
+
+    @abc.abstractmethod
+    async def save_pool_settings(self, pool: str, settings: Mapping[str, object]) -> None:
+        """Persist the full override set of one pool (replacing the previous one)."""
+
+    @abc.abstractmethod
+    async def audit(self, entry: AuditEntry) -> None: ...
+
+    @abc.abstractmethod
+    async def audit_list(
+        self, limit: int, cursor: str | None = None
+    ) -> tuple[list[AuditEntry], str | None]:
+        """Newest first."""

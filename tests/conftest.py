@@ -1,0 +1,32 @@
+"""Shared fixtures. Strictness lives in pyproject (warnings are errors, per-test timeout);
+the `blockbuster` guard below fails any test whose code blocks the event loop."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from blockbuster import BlockBuster, blockbuster_ctx
+
+IN_CI = bool(os.environ.get("CI"))
+
+
+@pytest.fixture(autouse=True)
+def blockbuster(request: pytest.FixtureRequest) -> Iterator[BlockBuster | None]:
+    """Raise when a blocking call (file I/O, time.sleep, socket) runs on the event loop.
+
+    Opt out per test with @pytest.mark.allow_blocking (for tests that drive subprocesses)."""
+    if request.node.get_closest_marker("allow_blocking"):
+        yield None
+        return
+    # Scan only our packages: test helpers and pytest plumbing may block, our code may not.
+    with blockbuster_ctx(["dispatcher", "console"]) as bb:
+        yield bb
+
+
+def require_service(name: str, reason: str) -> None:
+    """Skip on a laptop without the service; fail in CI, where it must be there."""
+    if IN_CI:
+        pytest.fail(f"{name} is required in CI: {reason}")
+    pytest.skip(f"{name} not available: {reason}")
