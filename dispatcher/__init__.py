@@ -1,0 +1,60 @@
+"""dispatcher: an observability-first message dispatcher with an ops console.
+
+The public API is what `__all__` lists (checked by tests/test_public_api.py); everything
+else may change without notice.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .config import Settings, load_settings
+from .dispatcher import Accepted, Dispatcher, PoolInfo, Publish
+from .errors import (
+    BacklogFull,
+    ConfigError,
+    DeliveryError,
+    DispatcherError,
+    InvalidMessage,
+    NotFound,
+    Permanent,
+    Rejected,
+    Retry,
+    StoreError,
+    Unavailable,
+    Unroutable,
+)
+from .message import Attempt, DlqFilter, Job, Message, Outcome
+from .middleware import Middleware
+from .sinks.base import Sink
+from .stores.base import Store
+
+__all__ = [
+    "Accepted",
+    "Attempt",
+    "BacklogFull",
+    "ConfigError",
+    "DeliveryError",
+    "Dispatcher",
+    "DispatcherError",
+    "DlqFilter",
+    "InvalidMessage",
+    "Job",
+    "Message",
+    "Middleware",
+    "NotFound",
+    "Outcome",
+    "Permanent",
+    "PoolInfo",
+    "Publish",
+    "Rejected",
+    "Retry",
+    "Settings",
+    "Sink",
+    "Store",
+    "StoreError",
+    "Unavailable",
+    "Unroutable",
+    "__version__",
+    "load_settings",
+]

@@ -39,7 +39,7 @@ class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     pass
 
 
-class ServerConfig(_Section):
+class ServerConfig(_Section, frozen=True):
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
     max_body_bytes: Count = 1_048_576
@@ -47,7 +47,7 @@ class ServerConfig(_Section):
     request_timeout: PositiveSeconds = 15.0  # slow clients are cut off after this
 
 
-class StoreConfig(_Section):
+class StoreConfig(_Section, frozen=True):
     url: str = "sqlite:///./dispatcher-data/dispatcher.db"
     min_free_bytes: Annotated[int, msgspec.Meta(ge=0)] = 67_108_864
     lease: PositiveSeconds = 30.0
@@ -56,44 +56,44 @@ class StoreConfig(_Section):
     dedup_window: Seconds = 86_400.0
 
 
-class TokenConfig(_Section):
+class TokenConfig(_Section, frozen=True):
     name: str
     token: str | None = None
     token_env: str | None = None
     scopes: tuple[Scope, ...] = ("produce", "read")
 
 
-class AuthConfig(_Section):
+class AuthConfig(_Section, frozen=True):
     tokens: tuple[TokenConfig, ...] = ()
     disabled: bool = False
 
 
-class RetryConfig(_Section):
+class RetryConfig(_Section, frozen=True):
     max_attempts: Count = 5
     initial_backoff: Seconds = 1.0
     max_backoff: Seconds = 300.0
     multiplier: Annotated[float, msgspec.Meta(ge=1)] = 2.0
 
 
-class WebhookSinkConfig(_Section, tag="webhook", tag_field="type"):
+class WebhookSinkConfig(_Section, frozen=True, tag="webhook", tag_field="type"):
     url: str
     secret: str | None = None
     headers: dict[str, str] = {}
 
 
-class PythonSinkConfig(_Section, tag="python", tag_field="type"):
+class PythonSinkConfig(_Section, frozen=True, tag="python", tag_field="type"):
     handler: str  # "package.module:function"
 
 
-class WebsocketSinkConfig(_Section, tag="websocket", tag_field="type"):
+class WebsocketSinkConfig(_Section, frozen=True, tag="websocket", tag_field="type"):
     ack_timeout: PositiveSeconds = 10.0
 
 
-class LogSinkConfig(_Section, tag="log", tag_field="type"):
+class LogSinkConfig(_Section, frozen=True, tag="log", tag_field="type"):
     level: Literal["debug", "info", "warning"] = "info"
 
 
-class DemoSinkConfig(_Section, tag="demo", tag_field="type"):
+class DemoSinkConfig(_Section, frozen=True, tag="demo", tag_field="type"):
     fail_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
     latency: Seconds = 0.0
 
@@ -103,7 +103,7 @@ SinkConfig = (
 )
 
 
-class PoolConfig(_Section):
+class PoolConfig(_Section, frozen=True):
     sink: SinkConfig
     concurrency: Count = 8
     rate: Annotated[float, msgspec.Meta(gt=0)] | None = None  # None: unlimited
@@ -119,21 +119,21 @@ class PoolConfig(_Section):
         return max(1, math.ceil(self.rate)) if self.rate else 1
 
 
-class RouteConfig(_Section):
+class RouteConfig(_Section, frozen=True):
     match: str
     pools: tuple[str, ...]
 
 
-class SecurityConfig(_Section):
+class SecurityConfig(_Section, frozen=True):
     webhook_allow_private: bool = False
     webhook_allow_cidrs: tuple[str, ...] = ()
 
 
-class DemoConfig(_Section):
+class DemoConfig(_Section, frozen=True):
     traffic: Seconds = 0.0  # demo messages per second generated in-process; 0 = off
 
 
-class Settings(_Section):
+class Settings(_Section, frozen=True):
     server: ServerConfig = ServerConfig()
     store: StoreConfig = StoreConfig()
     auth: AuthConfig = AuthConfig()
@@ -153,16 +153,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node)
         if key in seen:
             raise ConfigError(str(key), f"given twice (line {key_node.start_mark.line + 1})")
         seen.add(key)
     return loader.construct_mapping(node)
 
 
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
-)
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 def load_settings(
@@ -170,8 +168,10 @@ def load_settings(
     env: Mapping[str, str] | None = None,
     *,
     base: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Settings:
-    """Read `path` (or start from `base`, or empty), apply env overrides, validate."""
+    """Read `path` (or start from `base`, or empty), apply env overrides, then `overrides`
+    (command-line flags, by section), and validate the result."""
     if path is not None:
         try:
             text = Path(path).read_text(encoding="utf-8")
@@ -187,14 +187,33 @@ def load_settings(
     if not isinstance(raw, dict):
         raise ConfigError("", "the top level must be a mapping")
     _apply_env(raw, os.environ if env is None else env)
+    for section, values in (overrides or {}).items():
+        node = raw.setdefault(section, {})
+        if isinstance(node, dict):
+            node.update(values)
     return settings_from_dict(raw, env=os.environ if env is None else env)
 
 
 def settings_from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:
+    # Pools are converted one by one: msgspec shows a dict key as `[...]` in its error path,
+    # and the pool's name is exactly what the user needs to see.
+    pools: dict[str, PoolConfig] = {}
+    raw_pools = raw.get("pools")
+    if isinstance(raw_pools, dict):
+        for name, value in raw_pools.items():
+            if not isinstance(name, str):
+                raise ConfigError(f"pools.{name}", "pool names are strings")
+            try:
+                pools[name] = msgspec.convert(value, PoolConfig, strict=True)
+            except msgspec.ValidationError as exc:
+                raise _from_msgspec(exc, f"pools.{name}") from None
+        raw = {**raw, "pools": {}}
     try:
         settings = msgspec.convert(raw, Settings, strict=True)
     except msgspec.ValidationError as exc:
         raise _from_msgspec(exc) from None
+    if pools:
+        settings = msgspec.structs.replace(settings, pools=pools)
     _check(settings, os.environ if env is None else env)
     return settings
 
@@ -202,10 +221,10 @@ def settings_from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = N
 _AT = re.compile(r"^(?P<problem>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 
 
-def _from_msgspec(exc: msgspec.ValidationError) -> ConfigError:
+def _from_msgspec(exc: msgspec.ValidationError, prefix: str = "") -> ConfigError:
     match = _AT.match(str(exc))
     assert match is not None  # the pattern matches any text
-    path = (match["path"] or "").lstrip(".")
+    path = f"{prefix}{match['path'] or ''}".lstrip(".")
     path = re.sub(r"\[(\d+)\]", r".\1", path)
     problem = match["problem"].replace("`", "")
     problem = problem[:1].lower() + problem[1:]
@@ -335,10 +354,10 @@ def redacted(settings: Settings) -> dict[str, Any]:
 
     def scrub(value: Any, key: str = "") -> Any:
         if key == "headers" and isinstance(value, dict):  # may carry Authorization
-            return {k: "***" for k in value}
+            return dict.fromkeys(value, "***")
         if isinstance(value, dict):
             return {k: scrub(v, k) for k, v in value.items()}
-        if isinstance(value, list):
+        if isinstance(value, list | tuple):
             return [scrub(v) for v in value]
         if key in _SECRET_KEYS and value is not None:
             return "***"

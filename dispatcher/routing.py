@@ -57,14 +57,12 @@ class Router:
         for pattern, pools in routes:
             validate_pattern(pattern)
             self._routes.append((tuple(pattern.split(".")), tuple(pools)))
-        self._wildcard = any(
-            "*" in pattern or ">" in pattern for pattern, _ in self._routes
-        )
+        self._wildcard = any("*" in pattern or ">" in pattern for pattern, _ in self._routes)
         self._exact: dict[str, tuple[str, ...]] = {}
         if not self._wildcard:
             # With no wildcards every answer is known now; unknown tags get ().
-            for pattern, _ in self._routes:
-                tag = ".".join(pattern)
+            for tokens, _ in self._routes:
+                tag = ".".join(tokens)
                 self._exact[tag] = self._compute(tag)
         self._cache: dict[str, tuple[str, ...]] = {}
 

@@ -49,3 +49,32 @@ def literal_host(url: str) -> str | None:
         return str(ipaddress.ip_address(host.strip("[]")))
     except ValueError:
         return None
+
+
+def ip_literal(host: str | None) -> IPAddress | None:
+    """The address `host` spells literally (brackets allowed for IPv6), else None.
+
+    Unlike `literal_host` this does not map 'localhost': names go through the guarded resolver,
+    while literals never reach a resolver and must be checked on their own."""
+    if not host:
+        return None
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
+class AddressRefused(OSError):
+    """A webhook target resolved only to addresses the guard refuses.
+
+    An OSError so that aiohttp's connector reports it like any resolver failure
+    (`ClientConnectorDNSError.os_error`); the webhook sink turns it into a permanent failure."""
+
+    def __init__(self, host: str, addresses: Iterable[str] = ()) -> None:
+        shown = ", ".join(addresses)
+        detail = f"{host} ({shown})" if shown and shown != host else host
+        super().__init__(
+            f"webhook target {detail} is a private or loopback address; set "
+            "security.webhook_allow_private or list it in security.webhook_allow_cidrs"
+        )
+        self.host = host

@@ -1,0 +1,82 @@
+"""The command line: `dispatcher serve` and `dispatcher check-config` (DESIGN.md, Part 2)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+import yaml
+
+from . import __version__
+from .config import Settings, load_settings, redacted
+from .demo import DEMO_CONFIG
+from .errors import ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dispatcher", description="An observability-first message dispatcher."
+    )
+    parser.add_argument("--version", action="version", version=f"dispatcher {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the API, the workers and the console")
+    serve.add_argument("--config", metavar="FILE", help="YAML config (default: the demo)")
+    serve.add_argument("--host", help="override server.host")
+    serve.add_argument("--port", type=int, help="override server.port")
+    serve.add_argument(
+        "--no-demo-traffic", action="store_true", help="with no config: generate no messages"
+    )
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    check = sub.add_parser("check-config", help="validate a config and print it, redacted")
+    check.add_argument("file", metavar="FILE")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check-config":
+        return _check_config(args.file)
+    return _serve(args)
+
+
+def _check_config(path: str) -> int:
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        print(f"{path}: error: {exc}", file=sys.stderr)
+        return 2
+    print(yaml.safe_dump(redacted(settings), sort_keys=False), end="")
+    return 0
+
+
+def _load(args: argparse.Namespace) -> Settings:
+    """File (or the demo), then DISPATCHER_* variables, then --host/--port: the last wins."""
+    cli: dict[str, object] = {}
+    if args.host is not None:
+        cli["host"] = args.host
+    if args.port is not None:
+        cli["port"] = args.port
+    overrides = {"server": cli} if cli else None
+    if args.config:
+        return load_settings(args.config, overrides=overrides)
+    return load_settings(base=DEMO_CONFIG, overrides=overrides)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        settings = _load(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    traffic = 0.0 if args.no_demo_traffic else settings.demo.traffic
+    from .server import serve
+
+    return asyncio.run(serve(settings, demo_traffic=traffic))

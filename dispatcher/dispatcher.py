@@ -1,0 +1,473 @@
+"""The Dispatcher: owns the store, the router, the pools and their lifecycle.
+
+Its public methods are the one way in for every edge: the HTTP API, the console and the CLI
+call the same `publish`, `pool`, `update_pool`, `dlq_*` methods, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import random as _random
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import msgspec
+
+from .acker import Acker
+from .config import PoolConfig, Settings
+from .errors import BacklogFull, NotFound, StoreError, Unavailable, Unroutable
+from .message import (
+    AuditEntry,
+    Completion,
+    DlqEntry,
+    DlqFilter,
+    IdGenerator,
+    Message,
+    MessageStatus,
+    NewMessage,
+    PoolCounts,
+)
+from .middleware import Chain, Middleware
+from .pool import Pool
+from .routing import Router
+from .sinks import SinkContext, build_sink
+from .sinks.base import Sink
+from .stores import Store, open_store
+
+log = logging.getLogger("dispatcher")
+
+_UNSET: Any = object()
+_HOUSEKEEPING_INTERVAL = 1.0  # disk-space check; expiry runs every 60 of these
+
+
+class Publish(msgspec.Struct, frozen=True, gc=False):
+    """A message as a producer gives it, already validated by the edge."""
+
+    tag: str
+    payload: bytes
+    id: str | None = None
+    priority: int = 0
+    delay: float = 0.0
+    headers: dict[str, str] = {}
+    trace: str | None = None
+
+
+class Accepted(msgspec.Struct, frozen=True):
+    id: str
+    tag: str
+    pools: tuple[str, ...]
+    duplicate: bool
+
+
+class PoolInfo(msgspec.Struct, frozen=True):
+    """Settings and live stats of one pool, as `GET /v1/pools/{name}` shows them."""
+
+    name: str
+    paused: bool
+    rate: float | None
+    burst: int
+    concurrency: int
+    backlog: int
+    in_flight: int
+    scheduled: int
+    dlq: int
+    oldest_age_seconds: float
+    max_backlog: int
+    timeout: float
+    sink: str
+    overrides: dict[str, Any] = {}
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store | None = None,
+        sinks: Mapping[str, Sink] | None = None,
+        middleware: Sequence[Middleware] = (),
+        clock: Callable[[], float] = time.time,
+        random: Callable[[], float] = _random.random,
+    ) -> None:
+        self.settings = settings
+        self.store = store or open_store(settings.store.url, synchronous=settings.store.synchronous)
+        self.router = Router((r.match, r.pools) for r in settings.routes)
+        self.sink_context = SinkContext(settings.security)
+        self._sink_overrides = dict(sinks or {})
+        self._middleware = list(middleware)
+        self._clock = clock
+        self._random = random
+        self._ids = IdGenerator()
+        self.pools: dict[str, Pool] = {}
+        self._sinks: dict[str, Sink] = {}
+        self._outstanding: dict[str, int] = {}  # per pool: jobs not yet delivered or dead
+        self._acker: Acker | None = None
+        self._housekeeper: asyncio.Task[None] | None = None
+        self.draining = False
+        self.started = False
+        self._disk_low = False
+
+    # --- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        requeued = await self.store.open()
+        if requeued:
+            log.warning("requeued %d jobs left in flight by a previous run", requeued)
+        counts = await self.store.counts(self._clock())
+        overrides = await self.store.load_pool_settings()
+        self._acker = Acker(self.store, self._applied)
+        chain = Chain(self._middleware)
+        for name, config in self.settings.pools.items():
+            sink = self._sink_overrides.get(name) or build_sink(
+                name, config.sink, self.sink_context
+            )
+            await sink.start()
+            self._sinks[name] = sink
+            pool = Pool(
+                name,
+                config,
+                self.store,
+                sink,
+                self._acker,
+                clock=self._clock,
+                random=self._random,
+                chain=chain,
+            )
+            self._apply_overrides(pool, overrides.get(name, {}))
+            c = counts.get(name, PoolCounts())
+            self._outstanding[name] = c.ready + c.scheduled + c.claimed
+            self.pools[name] = pool
+        self._acker.start()
+        for pool in self.pools.values():
+            pool.start()
+        self._housekeeper = asyncio.create_task(self._housekeep(), name="housekeeping")
+        self.started = True
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: refuse ingest, finish running attempts within `grace` seconds (default
+        server.grace_period), leave everything else queued in the store, close."""
+        if not self.started:
+            return
+        self.draining = True
+        grace = self.settings.server.grace_period if grace is None else grace
+        pools = list(self.pools.values())
+        await asyncio.gather(*(p.stop_claiming() for p in pools))
+        deadline = time.monotonic() + grace
+        for pool in pools:
+            if not await pool.wait_idle(max(0.0, deadline - time.monotonic())):
+                log.warning("pool %s: attempts still running after the grace period", pool.name)
+        abandoned = [job for pool in pools for job in await pool.abort()]
+        assert self._acker is not None
+        await self._acker.flush(timeout=max(5.0, grace))
+        await self._acker.stop()
+        if abandoned:
+            try:
+                await self.store.release(abandoned)
+            except StoreError:
+                log.exception("could not release %d abandoned jobs", len(abandoned))
+        if self._housekeeper is not None:
+            self._housekeeper.cancel()
+            await asyncio.gather(self._housekeeper, return_exceptions=True)
+        for sink in self._sinks.values():
+            try:
+                await sink.close()
+            except Exception:
+                log.exception("closing a sink failed")
+        await self.sink_context.close()
+        await self.store.close()
+        self.started = False
+
+    async def ready(self) -> bool:
+        """Ready for traffic: started, not draining, and the store answers."""
+        if not self.started or self.draining:
+            return False
+        try:
+            return await self.store.ping()
+        except StoreError:
+            return False
+
+    # --- ingest --------------------------------------------------------------------------
+    async def publish(self, items: Sequence[Publish]) -> list[Accepted]:
+        """Route, check capacity and commit `items` all-or-nothing. Returns when durable.
+
+        Raises Unroutable (no route for a tag), BacklogFull (a pool is full) or Unavailable
+        (draining, disk nearly full, store down); then nothing was stored.
+        """
+        if self.draining or not self.started:
+            raise Unavailable("the dispatcher is shutting down", retry_after=5.0)
+        if self._disk_low:
+            raise Unavailable("free disk space is below store.min_free_bytes", retry_after=30.0)
+        now = self._clock()
+        batch: list[NewMessage] = []
+        wanted: dict[str, int] = {}
+        for index, item in enumerate(items):
+            pools = self.router.route(item.tag)
+            if not pools:
+                pointer = "/tag" if len(items) == 1 else f"/{index}/tag"
+                raise Unroutable(f"no route matches tag {item.tag!r}", pointer=pointer)
+            for pool in pools:
+                wanted[pool] = wanted.get(pool, 0) + 1
+            message = Message(
+                id=item.id or self._ids(),
+                tag=item.tag,
+                payload=item.payload,
+                created_at=now,
+                priority=item.priority,
+                available_at=now + item.delay if item.delay > 0 else now,
+                headers=item.headers,
+                trace=item.trace,
+            )
+            batch.append(NewMessage(message, pools))
+        self._reserve(wanted)
+        try:
+            stored = await self.store.enqueue(batch)
+        except StoreError as exc:
+            self._unreserve(wanted)
+            raise Unavailable(f"the store is unavailable: {exc}", retry_after=5.0) from exc
+        results: list[Accepted] = []
+        for new, fresh in zip(batch, stored, strict=True):
+            if not fresh:
+                self._unreserve(dict.fromkeys(new.pools, 1))
+            results.append(Accepted(new.message.id, new.message.tag, new.pools, not fresh))
+        for pool in wanted:
+            self.pools[pool].notify()
+        return results
+
+    def _reserve(self, wanted: Mapping[str, int]) -> None:
+        # Reserve before the await so concurrent requests cannot both squeeze past the limit.
+        for pool, n in wanted.items():
+            limit = self.settings.pools[pool].max_backlog
+            if self._outstanding[pool] + n > limit:
+                raise BacklogFull(pool, limit, retry_after=self._retry_after(pool))
+        for pool, n in wanted.items():
+            self._outstanding[pool] += n
+
+    def _unreserve(self, wanted: Mapping[str, int]) -> None:
+        for pool, n in wanted.items():
+            self._outstanding[pool] -= n
+
+    def _retry_after(self, pool: str) -> float:
+        p = self.pools[pool]
+        if p.paused:
+            return 30.0
+        return 5.0 if p.rate is None else max(1.0, min(60.0, math.ceil(p.concurrency / p.rate)))
+
+    def _applied(self, completions: Sequence[Completion]) -> None:
+        """After the acker wrote a batch: update backlog counts, wake pools for retries."""
+        for c in completions:
+            pool = c.job.pool
+            if c.retry_at is not None:
+                self.pools[pool].notify(c.retry_at)
+            else:
+                self._outstanding[pool] -= 1
+
+    # --- status --------------------------------------------------------------------------
+    async def get_message(self, message_id: str) -> MessageStatus | None:
+        return await self.store.get_message(message_id)
+
+    def pool_names(self) -> list[str]:
+        return list(self.pools)
+
+    async def pool_infos(self) -> list[PoolInfo]:
+        counts = await self.store.counts(self._clock())
+        return [self._info(p, counts.get(p.name, PoolCounts())) for p in self.pools.values()]
+
+    async def pool_info(self, name: str) -> PoolInfo:
+        pool = self._pool(name)
+        counts = await self.store.counts(self._clock())
+        return self._info(pool, counts.get(name, PoolCounts()))
+
+    def _info(self, pool: Pool, c: PoolCounts) -> PoolInfo:
+        now = self._clock()
+        return PoolInfo(
+            name=pool.name,
+            paused=pool.paused,
+            rate=pool.rate,
+            burst=pool.burst,
+            concurrency=pool.concurrency,
+            # claimed but not running: the in-memory window and outcomes being written
+            backlog=c.ready + max(0, c.claimed - pool.busy),
+            in_flight=pool.busy,
+            scheduled=c.scheduled,
+            dlq=c.dead,
+            oldest_age_seconds=max(0.0, now - c.oldest_at) if c.oldest_at is not None else 0.0,
+            max_backlog=pool.config.max_backlog,
+            timeout=pool.config.timeout,
+            sink=pool.config.sink.__struct_config__.tag,  # type: ignore[arg-type]
+            overrides=self._overrides_of(pool),
+        )
+
+    def _pool(self, name: str) -> Pool:
+        try:
+            return self.pools[name]
+        except KeyError:
+            raise NotFound(f"no pool named {name!r}") from None
+
+    # --- operator actions ----------------------------------------------------------------
+    async def update_pool(
+        self,
+        name: str,
+        *,
+        actor: str,
+        rate: float | None = _UNSET,
+        burst: int = _UNSET,
+        concurrency: int = _UNSET,
+        paused: bool = _UNSET,
+    ) -> PoolInfo:
+        """Change a pool's throttle or pause it; applies at once, persists, is audited.
+        `rate=None` means unlimited."""
+        pool = self._pool(name)
+        changes: dict[str, Any] = {}
+        if rate is not _UNSET:
+            changes["rate"] = rate
+        if burst is not _UNSET:
+            changes["burst"] = burst
+        if concurrency is not _UNSET:
+            changes["concurrency"] = concurrency
+        if paused is not _UNSET:
+            changes["paused"] = paused
+        overrides = {**self._overrides_of(pool), **changes}
+        await self.store.save_pool_settings(name, overrides)
+        self._apply_overrides(pool, overrides)
+        if "paused" in changes:
+            await pool.set_paused(bool(changes["paused"]))
+        await self._audit(actor, "pool.update", name, changes)
+        return await self.pool_info(name)
+
+    async def reset_pool(self, name: str, *, actor: str) -> PoolInfo:
+        """Back to the configured rate, burst and concurrency, and running."""
+        pool = self._pool(name)
+        await self.store.save_pool_settings(name, {})
+        self._apply_overrides(pool, {})
+        await pool.set_paused(False)
+        await self._audit(actor, "pool.reset", name, {})
+        return await self.pool_info(name)
+
+    def _overrides_of(self, pool: Pool) -> dict[str, Any]:
+        cfg = pool.config
+        out: dict[str, Any] = {}
+        if pool.rate != cfg.rate:
+            out["rate"] = pool.rate
+        if pool.burst != cfg.effective_burst:
+            out["burst"] = pool.burst
+        if pool.concurrency != cfg.concurrency:
+            out["concurrency"] = pool.concurrency
+        if pool.paused:
+            out["paused"] = True
+        return out
+
+    @staticmethod
+    def _apply_overrides(pool: Pool, overrides: Mapping[str, Any]) -> None:
+        cfg: PoolConfig = pool.config
+        rate = overrides.get("rate", cfg.rate)
+        burst = overrides.get("burst")
+        if burst is None:
+            burst = cfg.burst if cfg.burst is not None else max(1, math.ceil(rate or 1))
+        pool.configure(
+            rate=rate,
+            burst=int(burst),
+            concurrency=int(overrides.get("concurrency", cfg.concurrency)),
+        )
+        if overrides.get("paused") and not pool.paused:
+            pool.paused = True  # before start: nothing claimed yet, nothing to release
+
+    async def dlq_list(
+        self, selector: DlqFilter, *, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[DlqEntry], str | None]:
+        return await self.store.dlq_list(selector, limit, cursor)
+
+    async def dlq_count(self, selector: DlqFilter) -> int:
+        return await self.store.dlq_count(selector)
+
+    async def dlq_replay(
+        self,
+        selector: DlqFilter,
+        *,
+        actor: str,
+        dry_run: bool = False,
+        rate: float | None = None,
+    ) -> int:
+        """Send dead messages back to their pools with fresh attempts; `rate` spreads them
+        out (messages per second) so a recovered downstream is not flooded."""
+        if dry_run:
+            return await self.store.dlq_count(selector)
+        interval = 1.0 / rate if rate else 0.0
+        replayed = await self.store.dlq_replay(selector, self._clock(), interval)
+        for pool, n in replayed.items():
+            if pool in self._outstanding:
+                self._outstanding[pool] += n
+                self.pools[pool].notify()
+                if interval:
+                    self.pools[pool].notify(self._clock() + interval)
+        total = sum(replayed.values())
+        await self._audit(actor, "dlq.replay", _describe(selector), {"rate": rate}, total)
+        return total
+
+    async def dlq_purge(self, selector: DlqFilter, *, actor: str, dry_run: bool = False) -> int:
+        if dry_run:
+            return await self.store.dlq_count(selector)
+        purged = await self.store.dlq_purge(selector)
+        total = sum(purged.values())
+        await self._audit(actor, "dlq.purge", _describe(selector), {}, total)
+        return total
+
+    async def audit_list(
+        self, *, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[AuditEntry], str | None]:
+        return await self.store.audit_list(limit, cursor)
+
+    async def _audit(
+        self, actor: str, action: str, target: str, detail: dict[str, Any], count: int | None = None
+    ) -> None:
+        entry = AuditEntry(self._clock(), actor, action, target, detail, count)
+        await self.store.audit(entry)
+        log.info("audit: %s %s %s %s", actor, action, target, detail)
+
+    # --- housekeeping --------------------------------------------------------------------
+    async def _housekeep(self) -> None:
+        ticks = 0
+        data_dir = _data_dir(self.settings.store.url)
+        while True:
+            if data_dir is not None:
+                try:
+                    free = (await asyncio.to_thread(shutil.disk_usage, data_dir)).free
+                    low = free < self.settings.store.min_free_bytes
+                    if low != self._disk_low:
+                        log.warning("free disk %s: %d bytes", "low" if low else "ok", free)
+                    self._disk_low = low
+                except OSError:
+                    pass
+            if ticks % 60 == 0:
+                try:
+                    await self.store.expire(self._clock() - self.settings.store.retention)
+                except StoreError:
+                    log.exception("expiring delivered messages failed")
+            ticks += 1
+            await asyncio.sleep(_HOUSEKEEPING_INTERVAL)
+
+
+def _data_dir(url: str) -> str | None:
+    if not url.startswith("sqlite:///"):
+        return None
+    directory = os.path.dirname(os.path.abspath(url.removeprefix("sqlite:///")))
+    return directory or "."
+
+
+def _describe(selector: DlqFilter) -> str:
+    if selector.ids is not None:
+        return f"{len(selector.ids)} ids"
+    parts = [
+        f"{k}={v}"
+        for k, v in (
+            ("pool", selector.pool),
+            ("tag", selector.tag),
+            ("error", selector.error),
+            ("since", selector.since),
+        )
+        if v is not None
+    ]
+    return " ".join(parts) or "all"

@@ -1,0 +1,343 @@
+"""A worker pool: claims jobs of one pool from the store and delivers them through its sink.
+
+    store ──claim (batched)──▶ window (bounded deque) ──▶ N workers ──▶ sink.deliver
+                                                           │ token bucket, pause, timeout
+                                                           ▼
+                                                  acker (batched complete)
+
+Only a bounded window of claimed jobs lives in memory; the backlog stays in the store. A
+feeder task refills the window when it runs low and sleeps, when nothing is ready, until new
+work is announced (`notify`) or the next scheduled job is due. A watchdog cancels attempts
+that outlive the pool's timeout, which costs nothing per message (unlike one timer each).
+Rate, burst, concurrency and pause change at run time without restarting anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random as _random
+import time
+from collections import deque
+from collections.abc import Callable
+
+from .acker import Acker
+from .config import PoolConfig
+from .errors import DeliveryError, StoreError
+from .message import Attempt, Completion, Job, Outcome
+from .middleware import Chain
+from .ratelimit import TokenBucket
+from .retry import decide
+from .sinks.base import Sink
+from .stores.base import Store
+
+log = logging.getLogger("dispatcher.pool")
+
+MAX_ERROR_LENGTH = 1000
+_IDLE_POLL = 5.0  # seconds; a safety net: new work is normally announced by notify()
+
+
+class _Worker:
+    __slots__ = ("index", "job", "started", "task", "timed_out")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.task: asyncio.Task[None] | None = None
+        self.job: Job | None = None
+        self.started: float | None = None  # monotonic start of the running attempt
+        self.timed_out = False
+
+
+class Pool:
+    def __init__(
+        self,
+        name: str,
+        config: PoolConfig,
+        store: Store,
+        sink: Sink,
+        acker: Acker,
+        *,
+        clock: Callable[[], float] = time.time,
+        random: Callable[[], float] = _random.random,
+        chain: Chain | None = None,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self._store = store
+        self._sink = sink
+        self._acker = acker
+        self._clock = clock
+        self._random = random
+        self._chain = chain or Chain(())
+        # Live settings (the API and console change these).
+        self.rate: float | None = config.rate
+        self.burst: int = config.effective_burst
+        self.concurrency: int = config.concurrency
+        self.paused = False
+        # Live state, read by stats and metrics.
+        self.busy = 0
+        self.rate_wait_seconds = 0.0
+        self._bucket = TokenBucket(self.rate, self.burst, time.monotonic())
+        self._window: deque[Job] = deque()
+        self._workers: dict[int, _Worker] = {}
+        self._stopping = False
+        self._generation = 0  # bumped by notify(); tells the feeder its "nothing ready" is stale
+        self._maybe_ready = True
+        self._next_at: float | None = None
+        self._feeder: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._feed = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._throttle_changed = asyncio.Event()
+
+    # --- sizes ---------------------------------------------------------------------------
+    @property
+    def window_size(self) -> int:
+        return min(1024, max(32, 4 * self.concurrency))
+
+    @property
+    def window_length(self) -> int:
+        return len(self._window)
+
+    def _low_water(self) -> int:
+        return self.window_size // 2
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        self._feeder = asyncio.create_task(self._feed_loop(), name=f"pool:{self.name}:feeder")
+        self._watchdog = asyncio.create_task(self._watch(), name=f"pool:{self.name}:watchdog")
+        self._spawn_workers()
+
+    def _spawn_workers(self) -> None:
+        for index in range(self.concurrency):
+            worker = self._workers.get(index)
+            if worker is None or worker.task is None or worker.task.done():
+                worker = _Worker(index)
+                worker.task = asyncio.create_task(
+                    self._work(worker), name=f"pool:{self.name}:worker:{index}"
+                )
+                self._workers[index] = worker
+
+    async def stop_claiming(self) -> None:
+        """Drain, step one: claim nothing more and hand the window back to the store."""
+        self._stopping = True
+        self._wake.set()
+        self._feed.set()
+        if self._feeder is not None:
+            self._feeder.cancel()
+            await asyncio.gather(self._feeder, return_exceptions=True)
+        await self._release_window()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Drain, step two: let running attempts finish. False if some outlived `timeout`."""
+        tasks = [w.task for w in self._workers.values() if w.task is not None]
+        if not tasks:
+            return True
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        return not pending
+
+    async def abort(self) -> list[Job]:
+        """Drain, step three: cancel what still runs; answer the jobs it abandoned."""
+        tasks = [w.task for w in self._workers.values() if w.task is not None]
+        if self._watchdog is not None:
+            tasks.append(self._watchdog)
+        abandoned = [w.job for w in self._workers.values() if w.job is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return abandoned
+
+    # --- live settings -------------------------------------------------------------------
+    async def set_paused(self, paused: bool) -> None:
+        if paused == self.paused:
+            return
+        self.paused = paused
+        if paused:
+            await self._release_window()
+        else:
+            self.notify()
+            self._wake.set()
+
+    def configure(self, *, rate: float | None, burst: int, concurrency: int) -> None:
+        self.rate, self.burst = rate, burst
+        self._bucket.configure(rate, burst, time.monotonic())
+        self._throttle_changed.set()
+        self._throttle_changed = asyncio.Event()
+        if concurrency != self.concurrency:
+            self.concurrency = concurrency
+            self._spawn_workers()  # more workers now; surplus ones exit after their attempt
+            self._wake.set()
+            self.notify()
+
+    def notify(self, at: float | None = None) -> None:
+        """New work: now (enqueue, replay) or at a future time (a scheduled retry)."""
+        if at is None or at <= self._clock():
+            self._generation += 1
+            self._maybe_ready = True
+        elif self._next_at is None or at < self._next_at:
+            self._next_at = at
+        self._feed.set()
+
+    # --- feeder --------------------------------------------------------------------------
+    async def _release_window(self) -> None:
+        if not self._window:
+            return
+        jobs = list(self._window)
+        self._window.clear()
+        try:
+            await self._store.release(jobs)
+        except StoreError:
+            # Still CLAIMED in the store: the next start requeues them. Nothing is lost.
+            log.exception("pool %s could not release %d jobs", self.name, len(jobs))
+
+    async def _feed_loop(self) -> None:
+        while not self._stopping:
+            now = self._clock()
+            if self._next_at is not None and self._next_at <= now:
+                self._next_at = None
+                self._maybe_ready = True
+            if self.paused or not self._maybe_ready or len(self._window) > self._low_water():
+                await self._sleep_until_fed(now)
+                continue
+            want = self.window_size - len(self._window)
+            generation = self._generation
+            try:
+                claim = await self._store.claim(self.name, want, now)
+            except StoreError:
+                log.exception("pool %s could not claim; retrying in 1s", self.name)
+                await asyncio.sleep(1.0)
+                continue
+            if self.paused or self._stopping:
+                if claim.jobs:
+                    await self._store.release(claim.jobs)
+                continue
+            if claim.jobs:
+                self._window.extend(claim.jobs)
+                self._wake.set()
+            if claim.next_at is not None and (
+                self._next_at is None or claim.next_at < self._next_at
+            ):
+                self._next_at = claim.next_at
+            if len(claim.jobs) < want and generation == self._generation:
+                self._maybe_ready = False
+
+    async def _sleep_until_fed(self, now: float) -> None:
+        timeout = _IDLE_POLL
+        if self._next_at is not None:
+            timeout = min(timeout, max(0.0, self._next_at - now))
+        self._feed.clear()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._feed.wait()
+        except TimeoutError:
+            self._maybe_ready = True  # the poll: look again even without a notify
+
+    # --- workers -------------------------------------------------------------------------
+    async def _work(self, worker: _Worker) -> None:
+        window = self._window
+        while True:
+            if self._stopping or worker.index >= self.concurrency:
+                return
+            if self.paused or not window:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            job = window.popleft()
+            if len(window) <= self._low_water() and self._maybe_ready:
+                self._feed.set()
+                # Yield once so the feeder sends its claim while we work on this job.
+                await asyncio.sleep(0)
+            if self.rate is not None and not await self._take_token():
+                window.appendleft(job)  # paused or stopping while we waited for a token
+                continue
+            await self._attempt(worker, job)
+
+    async def _take_token(self) -> bool:
+        while True:
+            wait = self._bucket.take(time.monotonic())
+            if wait <= 0.0:
+                return True
+            started = time.monotonic()
+            changed = self._throttle_changed
+            try:
+                async with asyncio.timeout(wait):
+                    await changed.wait()
+            except TimeoutError:
+                self.rate_wait_seconds += time.monotonic() - started
+                return not (self.paused or self._stopping)
+            self.rate_wait_seconds += time.monotonic() - started
+            if self.paused or self._stopping or self.rate is None:
+                return not (self.paused or self._stopping)
+            # The throttle changed while we waited: ask the reconfigured bucket again.
+
+    async def _attempt(self, worker: _Worker, job: Job) -> None:
+        n = job.attempts + 1
+        chain = self._chain
+        states = chain.before(job, n) if chain else None
+        started_at = self._clock()
+        error: str | None = None
+        retryable = True
+        retry_after: float | None = None
+        worker.job = job
+        worker.timed_out = False
+        self.busy += 1
+        worker.started = start = time.monotonic()
+        try:
+            await self._sink.deliver(job, n)
+            outcome = Outcome.SUCCESS
+        except asyncio.CancelledError:
+            if not worker.timed_out:
+                raise  # shutdown: abort() releases worker.job
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            outcome = Outcome.TIMEOUT
+            error = f"timed out after {self.config.timeout:g}s"
+        except DeliveryError as exc:
+            outcome = Outcome.FAILURE
+            error = exc.detail or type(exc).__name__
+            retryable = exc.retryable
+            retry_after = exc.retry_after
+        except Exception as exc:  # a sink must never kill its worker
+            outcome = Outcome.FAILURE
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            worker.started = None
+            self.busy -= 1
+        if worker.timed_out and outcome is not Outcome.TIMEOUT:
+            # The sink swallowed our cancellation; it still overran, and the task must not
+            # carry a stale cancel request into its next attempt.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                task.uncancel()
+            outcome = Outcome.TIMEOUT
+            error = f"timed out after {self.config.timeout:g}s"
+        duration = time.monotonic() - start
+        worker.job = None
+        if error is not None and len(error) > MAX_ERROR_LENGTH:
+            error = error[:MAX_ERROR_LENGTH] + "…"
+        attempt = Attempt(n, started_at, duration, outcome, error)
+        if outcome is Outcome.SUCCESS:
+            completion = Completion(job, attempt)
+        else:
+            retry_at, dead = decide(
+                self.config.retry, n, retryable, self._clock(), self._random, retry_after
+            )
+            completion = Completion(job, attempt, retry_at, dead)
+        if states is not None:
+            chain.after(completion, states)
+        self._acker.add(completion)
+
+    # --- timeouts ------------------------------------------------------------------------
+    async def _watch(self) -> None:
+        """Cancel attempts that outlive the timeout; checks a few times per timeout span."""
+        while True:
+            timeout = self.config.timeout
+            await asyncio.sleep(min(0.25, max(0.005, timeout / 20)))
+            now = time.monotonic()
+            for worker in list(self._workers.values()):
+                started = worker.started
+                if started is not None and not worker.timed_out and now - started >= timeout:
+                    worker.timed_out = True
+                    if worker.task is not None:
+                        worker.task.cancel()

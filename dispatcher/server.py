@@ -1,0 +1,81 @@
+"""`dispatcher serve`: API, workers and console on one event loop, drained on SIGTERM/SIGINT.
+
+Shutdown order: stop accepting (ingest and /readyz answer 503), let running attempts finish
+within server.grace_period, leave the rest in the store, close the listener, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+
+from aiohttp import web
+
+from .app import create_app
+from .auth import Authenticator
+from .config import Settings
+from .demo import generate_traffic
+from .dispatcher import Dispatcher
+
+log = logging.getLogger("dispatcher.server")
+
+
+async def serve(settings: Settings, *, demo_traffic: float = 0.0) -> int:
+    dispatcher = Dispatcher(settings)
+    authenticator = Authenticator(settings.auth, os.environ)
+    app = create_app(settings, dispatcher=dispatcher, authenticator=authenticator)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
+    await runner.setup()  # starts the dispatcher (cleanup context)
+    site = web.TCPSite(runner, settings.server.host, settings.server.port, backlog=1024)
+    await site.start()
+    _banner(settings, runner, authenticator)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    traffic: asyncio.Task[None] | None = None
+    if demo_traffic > 0:
+        traffic = asyncio.create_task(
+            generate_traffic(dispatcher, demo_traffic), name="demo:traffic"
+        )
+    try:
+        await stop.wait()
+    finally:
+        log.info("signal received: draining (grace period %gs)", settings.server.grace_period)
+        if traffic is not None:
+            traffic.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await traffic
+        await dispatcher.stop()
+        await runner.cleanup()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("stopped cleanly")
+    return 0
+
+
+def _banner(settings: Settings, runner: web.AppRunner, auth: Authenticator) -> None:
+    addresses = [a for a in runner.addresses if isinstance(a, tuple)]
+    host, port = (addresses[0][0], addresses[0][1]) if addresses else ("?", 0)
+    shown_host = f"[{host}]" if ":" in str(host) else host
+    base = f"http://{shown_host}:{port}"
+    lines = [
+        f"dispatcher listening on {base}  (store: {settings.store.url.split('://')[0]})",
+        f"  API:      {base}/v1/messages",
+        f"  metrics:  {base}/metrics",
+        f"  console:  {base}/console/login",
+    ]
+    if auth.generated_token:
+        lines.append(
+            f"  token:    {auth.generated_token}   (admin; generated: auth.tokens is empty)"
+        )
+    elif auth.disabled:
+        lines.append("  auth:     disabled (loopback only)")
+    print("\n".join(lines), flush=True)
+    sys.stdout.flush()

@@ -1,0 +1,11 @@
+"""Typed keys of the aiohttp application state (web.AppKey), shared by API and console."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .auth import Authenticator
+from .dispatcher import Dispatcher
+
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+AUTH = web.AppKey("auth", Authenticator)
