@@ -1,0 +1,121 @@
+"""Test doubles that are real things: an HTTP receiver on a loopback socket that records every
+request and answers as each test scripts it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from dispatcher.config import settings_from_dict
+from dispatcher.dispatcher import Dispatcher
+
+
+@dataclass
+class Received:
+    path: str
+    body: bytes
+    headers: dict[str, str]
+    at: float
+
+
+@dataclass
+class Receiver:
+    """Answers POST /<name> with whatever `script(name, n)` says; records everything."""
+
+    url: str = ""
+    requests: list[Received] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    script: Callable[[str, int], Any] | None = None
+    delay: float = 0.0
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def on(self, path: str) -> list[Received]:
+        return [r for r in self.requests if r.path == path]
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        body = await request.read()
+        self.requests.append(Received(name, body, dict(request.headers), time.monotonic()))
+        self.arrived.set()
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            n = len(self.on(name))
+            answer = self.script(name, n) if self.script else 200
+            if isinstance(answer, web.StreamResponse):
+                return answer
+            if answer == "hang":
+                await asyncio.sleep(3600)
+            return web.Response(status=int(answer))
+        finally:
+            self.in_flight -= 1
+
+    async def wait_for(self, count: int, timeout: float = 10.0, path: str | None = None) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.requests if path is None else self.on(path)) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+
+
+@asynccontextmanager
+async def receiver() -> AsyncIterator[Receiver]:
+    rec = Receiver()
+    app = web.Application()
+    app.router.add_post("/{name}", rec.handle)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    rec.url = f"http://{host}:{port}"
+    try:
+        yield rec
+    finally:
+        await runner.cleanup()
+
+
+def webhook_settings(
+    url: str, pools: dict[str, dict[str, Any]], routes: list[dict[str, Any]], **extra: Any
+) -> Any:
+    """Settings with webhook pools pointing at `url/<pool>` on loopback (allowed by CIDR)."""
+    raw: dict[str, Any] = {
+        "store": extra.pop("store", {"url": "memory://"}),
+        "security": {"webhook_allow_cidrs": ["127.0.0.1/32"]},
+        "pools": {
+            name: {"sink": {"type": "webhook", "url": f"{url}/{name}"}, **cfg}
+            for name, cfg in pools.items()
+        },
+        "routes": routes,
+        **extra,
+    }
+    return settings_from_dict(raw, env={})
+
+
+@asynccontextmanager
+async def running(dispatcher: Dispatcher) -> AsyncIterator[Dispatcher]:
+    await dispatcher.start()
+    try:
+        yield dispatcher
+    finally:
+        await dispatcher.stop(grace=1.0)
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Poll an async-or-sync check until it returns truthy."""
+    async with asyncio.timeout(timeout):
+        while True:
+            result = check()
+            if asyncio.iscoroutine(result):
+                result = await result
+            if result:
+                return result
+            await asyncio.sleep(0.02)
