@@ -46,6 +46,6 @@ class Signer:
     def sign(self, msg_id: str, timestamp: int, body: bytes) -> str:
         """The `webhook-signature` header value for one request."""
         mac = self._keyed.copy()
-        mac.update(f"{msg_id}.{timestamp}".encode())
+        mac.update(f"{msg_id}.{timestamp}.".encode())
         mac.update(body)
         return "v1," + base64.b64encode(mac.digest()).decode("ascii")

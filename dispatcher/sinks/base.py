@@ -19,11 +19,11 @@ class Sink(abc.ABC):
 
     async def start(self) -> None:
         """Acquire resources; called once before the first delivery."""
-        return None
+        return
 
     async def close(self) -> None:
         """Release resources; called once at shutdown after the last delivery."""
-        return None
+        return
 
     @abc.abstractmethod
     async def deliver(self, job: Job, attempt: int) -> None:
