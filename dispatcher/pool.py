@@ -123,9 +123,17 @@ class Pool:
         self._stopping = True
         self._wake.set()
         self._feed.set()
+        self._wake_throttled()
         if self._feeder is not None:
-            self._feeder.cancel()
-            await asyncio.gather(self._feeder, return_exceptions=True)
+            # Let the feeder finish rather than cancel it: a claim it is awaiting may already
+            # be committed, and only the feeder can hand those jobs back (it does, since
+            # _stopping is set). Cancel only if the store does not answer in time.
+            try:
+                async with asyncio.timeout(5.0):
+                    await asyncio.gather(self._feeder, return_exceptions=True)
+            except TimeoutError:
+                self._feeder.cancel()
+                await asyncio.gather(self._feeder, return_exceptions=True)
         await self._release_window()
 
     async def wait_idle(self, timeout: float) -> bool:
@@ -141,10 +149,13 @@ class Pool:
         tasks = [w.task for w in self._workers.values() if w.task is not None]
         if self._watchdog is not None:
             tasks.append(self._watchdog)
-        abandoned = [w.job for w in self._workers.values() if w.job is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        abandoned = [w.job for w in self._workers.values() if w.job is not None]
+        # Jobs a worker put back after the window was released (it was waiting for a token).
+        abandoned.extend(self._window)
+        self._window.clear()
         return abandoned
 
     # --- live settings -------------------------------------------------------------------
@@ -153,6 +164,8 @@ class Pool:
             return
         self.paused = paused
         if paused:
+            self._wake_throttled()
+            await asyncio.sleep(0)  # let workers waiting for a token put their job back
             await self._release_window()
         else:
             self.notify()
@@ -161,13 +174,17 @@ class Pool:
     def configure(self, *, rate: float | None, burst: int, concurrency: int) -> None:
         self.rate, self.burst = rate, burst
         self._bucket.configure(rate, burst, time.monotonic())
-        self._throttle_changed.set()
-        self._throttle_changed = asyncio.Event()
+        self._wake_throttled()
         if concurrency != self.concurrency:
             self.concurrency = concurrency
             self._spawn_workers()  # more workers now; surplus ones exit after their attempt
             self._wake.set()
             self.notify()
+
+    def _wake_throttled(self) -> None:
+        """Wake workers waiting for a rate token: the throttle changed, or we pause or stop."""
+        self._throttle_changed.set()
+        self._throttle_changed = asyncio.Event()
 
     def notify(self, at: float | None = None) -> None:
         """New work: now (enqueue, replay) or at a future time (a scheduled retry)."""

@@ -31,13 +31,13 @@ async def serve(settings: Settings, *, demo_traffic: float = 0.0) -> int:
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
     await runner.setup()  # starts the dispatcher (cleanup context)
     site = web.TCPSite(runner, settings.server.host, settings.server.port, backlog=1024)
-    await site.start()
-    _banner(settings, runner, authenticator)
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    await site.start()
+    # The banner says "ready": the signal handlers are in place before anyone reads it.
+    _banner(settings, runner, authenticator)
 
     traffic: asyncio.Task[None] | None = None
     if demo_traffic > 0:

@@ -64,8 +64,10 @@ def test_empty_file_is_all_defaults(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ("pools: {email: {sink: {type: log}, retry: {max_attempts: x}}}",
-         "pools.email.retry.max_attempts: expected int, got str"),
+        (
+            "pools: {email: {sink: {type: log}, retry: {max_attempts: x}}}",
+            "pools.email.retry.max_attempts: expected int, got str",
+        ),
         ("server: {prot: 1}", "server.prot: unknown key"),
         ("nonsense: 1", "nonsense: unknown key"),
         ("pools: {email: {sink: {type: carrier-pigeon}}}", "pools.email.sink"),
@@ -74,8 +76,10 @@ def test_empty_file_is_all_defaults(tmp_path: Path) -> None:
         ("pools: {email: {sink: {type: log}, concurrency: 0}}", "pools.email.concurrency"),
         ("routes: [{match: a.b, pools: [nope]}]", "routes.0.pools: unknown pool 'nope'"),
         ("routes: [{match: 'a.>.b', pools: []}]", "routes.0.match"),
-        ("pools: {w: {sink: {type: webhook, url: 'http://127.0.0.1:9/x'}}}",
-         "pools.w.sink.url: 127.0.0.1 is a private or loopback address"),
+        (
+            "pools: {w: {sink: {type: webhook, url: 'http://127.0.0.1:9/x'}}}",
+            "pools.w.sink.url: 127.0.0.1 is a private or loopback address",
+        ),
         ("pools: {w: {sink: {type: webhook, url: 'http://localhost/x'}}}", "pools.w.sink.url"),
         ("pools: {w: {sink: {type: webhook, url: 'ftp://example.com/x'}}}", "pools.w.sink.url"),
         ("auth: {disabled: true}\nserver: {host: 0.0.0.0}", "auth.disabled"),
@@ -141,9 +145,11 @@ def test_check_config_prints_redacted_settings(tmp_path: Path) -> None:
     path = write(tmp_path, FULL.replace("token_env: APP_TOKEN", "token: app-secret"))
     result = run_cli("check-config", str(path))
     assert result.returncode == 0, result.stderr
-    assert "s3cret-ops" not in result.stdout and "app-secret" not in result.stdout
+    assert "s3cret-ops" not in result.stdout
+    assert "app-secret" not in result.stdout
     assert "whsec_abc" not in result.stdout
-    assert "email:" in result.stdout and "***" in result.stdout
+    assert "email:" in result.stdout
+    assert "***" in result.stdout
 
 
 @pytest.mark.allow_blocking

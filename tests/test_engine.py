@@ -14,7 +14,7 @@ from dispatcher.dispatcher import Dispatcher, Publish
 from dispatcher.errors import BacklogFull, Unroutable
 from dispatcher.message import DlqFilter, State
 
-from .helpers import Receiver, eventually, receiver, running, webhook_settings
+from .helpers import eventually, receiver, running, webhook_settings
 
 
 @pytest.fixture(params=["sqlite", "memory"])
@@ -62,8 +62,10 @@ async def test_fan_out_and_wildcards_deliver_exact_counts(store_config: dict[str
 async def test_rate_limit_paces_deliveries(store_config: dict[str, Any]) -> None:
     async with receiver() as rec:
         settings = webhook_settings(
-            rec.url, {"slow": {"rate": 20, "burst": 1, "concurrency": 8}},
-            [{"match": "t", "pools": ["slow"]}], store=store_config,
+            rec.url,
+            {"slow": {"rate": 20, "burst": 1, "concurrency": 8}},
+            [{"match": "t", "pools": ["slow"]}],
+            store=store_config,
         )
         async with running(Dispatcher(settings)) as d:
             await d.publish([msg("t", i) for i in range(200)])
@@ -80,7 +82,9 @@ async def test_concurrency_limit_is_reached_and_never_exceeded(
     async with receiver() as rec:
         rec.delay = 0.1
         settings = webhook_settings(
-            rec.url, {"p": {"concurrency": 4}}, [{"match": "t", "pools": ["p"]}],
+            rec.url,
+            {"p": {"concurrency": 4}},
+            [{"match": "t", "pools": ["p"]}],
             store=store_config,
         )
         async with running(Dispatcher(settings)) as d:
@@ -237,7 +241,9 @@ async def test_hung_sink_is_abandoned_at_timeout_and_retried(
 async def test_backlog_limit_refuses_the_eleventh(store_config: dict[str, Any]) -> None:
     async with receiver() as rec:
         settings = webhook_settings(
-            rec.url, {"p": {"max_backlog": 10}}, [{"match": "t", "pools": ["p"]}],
+            rec.url,
+            {"p": {"max_backlog": 10}},
+            [{"match": "t", "pools": ["p"]}],
             store=store_config,
         )
         async with running(Dispatcher(settings)) as d:
@@ -269,7 +275,9 @@ async def test_duplicate_ids_enqueue_nothing(store_config: dict[str, Any]) -> No
 async def test_priority_and_delay(store_config: dict[str, Any]) -> None:
     async with receiver() as rec:
         settings = webhook_settings(
-            rec.url, {"p": {"concurrency": 1}}, [{"match": "t", "pools": ["p"]}],
+            rec.url,
+            {"p": {"concurrency": 1}},
+            [{"match": "t", "pools": ["p"]}],
             store=store_config,
         )
         async with running(Dispatcher(settings)) as d:
@@ -286,7 +294,9 @@ async def test_live_changes_persist_across_restart(tmp_path: Path) -> None:
     store = {"url": f"sqlite:///{tmp_path}/d.db"}
     async with receiver() as rec:
         settings = webhook_settings(
-            rec.url, {"p": {"rate": 100, "concurrency": 4}}, [{"match": "t", "pools": ["p"]}],
+            rec.url,
+            {"p": {"rate": 100, "concurrency": 4}},
+            [{"match": "t", "pools": ["p"]}],
             store=store,
         )
         async with running(Dispatcher(settings)) as d:

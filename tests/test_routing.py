@@ -44,7 +44,7 @@ def test_star_and_gt_combined() -> None:
 
 @pytest.mark.parametrize("pattern", ["", "a..b", "a.>.b", "a b", "a.*x", "é"])
 def test_bad_patterns(pattern: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"pattern|token"):
         validate_pattern(pattern)
 
 

@@ -1,0 +1,960 @@
+"""SQLite store: the embedded, durable default (`sqlite:///path/to/file.db`).
+
+Storage layout, schema version 1 (`PRAGMA user_version`; `_MIGRATIONS` upgrades in order)::
+
+    messages                      one row per accepted message
+      mid INTEGER PRIMARY KEY       assigned by the writer thread (max + 1 at open)
+      id TEXT UNIQUE                the message id: dedup
+      tag, payload BLOB (the producer's bytes), headers (JSON object, NULL when empty),
+      priority, created_at, available_at (as sent: created_at + delay), trace
+
+    jobs                          one row per (message, pool)
+      jid INTEGER PRIMARY KEY       Job.key; assigned by the writer thread
+      mid, pool                     UNIQUE (mid, pool), also the index for get_message
+      state                         0 ready · 1 claimed · 2 delivered · 3 dead · 4 scheduled
+      priority                      the message's, for jobs_ready
+      available_at                  when it became or becomes ready: max(created_at,
+                                    message.available_at), retry_at, or now + k*interval on
+                                    replay; also Job.enqueued_at
+      created_at                    the message's, for jobs_undone (oldest_at)
+      attempts                      attempts in the current generation
+      attempt_log                   JSON array of this generation's attempts (NULL: none)
+      history                       JSON array of earlier generations' arrays (NULL: none)
+      finished_at                   set when delivered or dead, NULL while undone (so a claim,
+                                    which only changes state, leaves jobs_undone alone)
+      dead_reason, last_error
+
+      jobs_ready      (pool, priority DESC, available_at, jid) WHERE state = 0   claim order
+      jobs_scheduled  (pool, available_at) WHERE state = 4     promote due jobs, next_at
+      jobs_undone     (pool, created_at) WHERE finished_at IS NULL    oldest_at in O(log n)
+      jobs_dead       (finished_at DESC, jid DESC) WHERE state = 3   DLQ pages
+      jobs_dead_pool  (pool, finished_at DESC, jid DESC) WHERE state = 3
+      jobs_delivered  (finished_at) WHERE state = 2   expire
+
+    pool_settings(pool TEXT PRIMARY KEY, settings TEXT)      JSON object per pool
+    audit(aid INTEGER PRIMARY KEY, at, actor, action, target, detail JSON, count)
+
+States 0 and 4 are both `State.QUEUED` outside. A job written with its available_at ahead
+(a delayed message, a retry, a paced replay) is stored as 4; `claim` first moves the pool's
+due 4s to 0 (one range on jobs_scheduled), then reads the head of jobs_ready, so scheduled
+jobs never sit in the way of a claim however many there are.
+
+Threading model:
+
+- `dispatcher-sqlite-writer`: one plain thread owns the only writing connection and does
+  every write. A coroutine puts (function, future) on a SimpleQueue and awaits the future.
+  The thread takes everything queued, runs it in ONE transaction (a SAVEPOINT per request,
+  so a failing request is rolled back alone and its future gets a StoreError), commits
+  once, then settles all futures with one `call_soon_threadsafe` per event loop. Whatever
+  arrives during a commit goes into the next one: group commit. `commits` counts them.
+- `dispatcher-sqlite-reader`: a one-thread executor owning a read-only connection; WAL lets
+  it read while the writer writes. The event loop never touches SQLite.
+- Counts: queued, claimed and dead per pool are counters the writer keeps in memory (loaded
+  by one scan at open, changed after each commit by what it wrote), so `counts()` stays
+  cheap with a million queued jobs; scheduled and oldest_at are index range reads.
+
+Bulk operations (DLQ replay and purge, expire) run as chunks of `_CHUNK` rows, each its
+own write request, so the hot path keeps flowing between chunks; a failure part-way leaves
+the earlier chunks done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Concatenate, Final, ParamSpec, TypeVar
+
+import msgspec
+
+from ..errors import StoreError
+from ..message import (
+    Attempt,
+    AuditEntry,
+    Completion,
+    DeadReason,
+    DlqEntry,
+    DlqFilter,
+    Job,
+    JobStatus,
+    Message,
+    MessageStatus,
+    NewMessage,
+    PoolCounts,
+    State,
+)
+from .base import Claim, Store
+
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
+
+_READY, _CLAIMED, _DELIVERED, _DEAD, _SCHEDULED = 0, 1, 2, 3, 4
+_CHUNK: Final = 5000
+
+#: pool -> [queued, claimed, dead] changes made by one request
+_Delta = dict[str, list[int]]
+
+# --- schema ------------------------------------------------------------------------------
+
+_V1: Final = (
+    """CREATE TABLE messages (
+        mid INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        tag TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        headers TEXT,
+        priority INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        available_at REAL NOT NULL,
+        trace TEXT
+    )""",
+    """CREATE TABLE jobs (
+        jid INTEGER PRIMARY KEY,
+        mid INTEGER NOT NULL,
+        pool TEXT NOT NULL,
+        state INTEGER NOT NULL,
+        priority INTEGER NOT NULL,
+        available_at REAL NOT NULL,
+        created_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        attempt_log TEXT,
+        history TEXT,
+        finished_at REAL,
+        dead_reason TEXT,
+        last_error TEXT,
+        UNIQUE (mid, pool)
+    )""",
+    "CREATE INDEX jobs_ready ON jobs (pool, priority DESC, available_at, jid) WHERE state = 0",
+    "CREATE INDEX jobs_scheduled ON jobs (pool, available_at) WHERE state = 4",
+    "CREATE INDEX jobs_undone ON jobs (pool, created_at) WHERE finished_at IS NULL",
+    "CREATE INDEX jobs_dead ON jobs (finished_at DESC, jid DESC) WHERE state = 3",
+    "CREATE INDEX jobs_dead_pool ON jobs (pool, finished_at DESC, jid DESC) WHERE state = 3",
+    "CREATE INDEX jobs_delivered ON jobs (finished_at) WHERE state = 2",
+    "CREATE TABLE pool_settings (pool TEXT PRIMARY KEY, settings TEXT NOT NULL)",
+    """CREATE TABLE audit (
+        aid INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        count INTEGER
+    )""",
+)
+
+
+def _statements(*sql: str) -> Callable[[sqlite3.Connection], None]:
+    def migrate(db: sqlite3.Connection) -> None:
+        for statement in sql:
+            db.execute(statement)
+
+    return migrate
+
+
+#: migration i brings the schema from version i to i + 1; append, never edit
+_MIGRATIONS: Final[tuple[Callable[[sqlite3.Connection], None], ...]] = (_statements(*_V1),)
+SCHEMA_VERSION: Final = len(_MIGRATIONS)
+
+# --- statements on the hot path ----------------------------------------------------------
+
+_INSERT_MESSAGE = "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_JOB = (
+    "INSERT INTO jobs (jid, mid, pool, state, priority, available_at, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_PROMOTE = "UPDATE jobs SET state = 0 WHERE state = 4 AND pool = ? AND available_at <= ?"
+_CLAIMABLE = """
+    SELECT j.jid, j.attempts, j.available_at,
+           m.id, m.tag, m.payload, m.created_at, m.priority, m.available_at, m.headers, m.trace
+    FROM jobs j JOIN messages m ON m.mid = j.mid
+    WHERE j.state = 0 AND j.pool = ? AND j.available_at <= ?
+    ORDER BY j.priority DESC, j.available_at, j.jid
+    LIMIT ?"""
+_MARK_CLAIMED = "UPDATE jobs SET state = 1 WHERE jid IN (SELECT value FROM json_each(?))"
+_NEXT_AT = "SELECT min(available_at) FROM jobs WHERE state = 4 AND pool = ?"
+_DELIVERED_SQL = """
+    UPDATE jobs SET state = 2, attempts = attempts + 1,
+        attempt_log = json_insert(coalesce(attempt_log, '[]'), '$[#]', json(?)),
+        finished_at = ?
+    WHERE jid = ? AND state = 1"""
+_RETRY_SQL = """
+    UPDATE jobs SET state = 4, attempts = attempts + 1,
+        attempt_log = json_insert(coalesce(attempt_log, '[]'), '$[#]', json(?)),
+        available_at = ?, last_error = ?
+    WHERE jid = ? AND state = 1"""
+_DEAD_SQL = """
+    UPDATE jobs SET state = 3, attempts = attempts + 1,
+        attempt_log = json_insert(coalesce(attempt_log, '[]'), '$[#]', json(?)),
+        finished_at = ?, dead_reason = ?, last_error = ?
+    WHERE jid = ? AND state = 1"""
+_RELEASE = "UPDATE jobs SET state = 0 WHERE jid = ? AND state = 1"
+_REPLAY = """
+    UPDATE jobs SET
+        state = CASE WHEN (c.key + ?2) * ?3 = 0 THEN 0 ELSE 4 END,
+        available_at = ?1 + (c.key + ?2) * ?3,
+        attempts = 0,
+        history = json_insert(coalesce(history, '[]'), '$[#]', json(coalesce(attempt_log, '[]'))),
+        attempt_log = NULL, finished_at = NULL, dead_reason = NULL, last_error = NULL
+    FROM json_each(?4) AS c
+    WHERE jobs.jid = c.value AND jobs.state = 3
+    RETURNING jobs.pool"""
+_DROP_ORPHANS = """
+    DELETE FROM messages WHERE mid IN (SELECT value FROM json_each(?))
+    AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.mid = messages.mid)"""
+_DLQ_COLUMNS = """j.jid, j.pool, j.attempts, j.last_error, j.finished_at, j.dead_reason,
+    m.id, m.tag, m.payload, m.created_at, m.priority, m.available_at, m.headers, m.trace"""
+
+_encode = msgspec.json.Encoder().encode
+_decode_headers = msgspec.json.Decoder(dict[str, str]).decode
+_decode_attempts = msgspec.json.Decoder(list[Attempt]).decode
+_decode_history = msgspec.json.Decoder(list[list[Attempt]]).decode
+_decode_object = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+def _json(value: object) -> str:
+    return _encode(value).decode()
+
+
+def _ids_json(ids: Sequence[int]) -> str:
+    return f"[{','.join(map(str, ids))}]"
+
+
+def _contains_ci(haystack: str | None, needle: str | None) -> bool:
+    # The same test as memory.contains_ci; SQLite's lower() only folds ASCII.
+    return haystack is not None and needle is not None and needle.casefold() in haystack.casefold()
+
+
+def _message(row: Sequence[Any], i: int) -> Message:
+    """A Message from row[i:i+8] = id, tag, payload, created_at, priority, available_at,
+    headers, trace."""
+    headers = row[i + 6]
+    return Message(
+        row[i],
+        row[i + 1],
+        row[i + 2],
+        row[i + 3],
+        row[i + 4],
+        row[i + 5],
+        _decode_headers(headers) if headers else {},
+        row[i + 7],
+    )
+
+
+def _store_error(exc: BaseException) -> BaseException:
+    if isinstance(exc, sqlite3.Error):
+        err = StoreError(f"sqlite: {exc}")
+        err.__cause__ = exc
+        return err
+    return exc
+
+
+def _settle(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, exc in items:
+        if future.done():  # the awaiting task was cancelled
+            continue
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+
+class _Request:
+    __slots__ = ("fn", "future")
+
+    def __init__(self, fn: Callable[[_Delta], Any], future: asyncio.Future[Any]) -> None:
+        self.fn = fn
+        self.future = future
+
+
+class _Stop:
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future[Any]) -> None:
+        self.future = future
+
+
+_NEW, _OPEN, _CLOSING, _CLOSED = range(4)
+
+
+class SqliteStore(Store):
+    kind = "sqlite"
+
+    def __init__(self, path: str, *, synchronous: str = "full") -> None:
+        if synchronous.lower() not in ("full", "normal"):
+            raise ValueError(f"synchronous must be 'full' or 'normal', not {synchronous!r}")
+        self.path = path
+        self.synchronous = synchronous.upper()
+        #: transactions committed by the writer thread (one per group of requests)
+        self.commits = 0
+        self._state = _NEW
+        self._queue: queue.SimpleQueue[_Request | _Stop] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._dead = False  # set by the writer thread when it exits
+        self._reader: concurrent.futures.ThreadPoolExecutor | None = None
+        self._closed: asyncio.Future[None] | None = None
+        # Owned by the writer thread, except that the reader snapshots _counters under _lock.
+        self._w: sqlite3.Connection
+        self._next_mid = 0
+        self._next_jid = 0
+        self._counters: dict[str, list[int]] = {}
+        self._lock = threading.Lock()
+        # Owned by the reader thread.
+        self._r: sqlite3.Connection
+
+    # --- lifecycle -----------------------------------------------------------------------
+    async def open(self) -> int:
+        if self._state != _NEW:
+            raise StoreError("a SqliteStore opens once; make a new one to reopen the file")
+        loop = asyncio.get_running_loop()
+        opened: asyncio.Future[int] = loop.create_future()
+        self._writer = threading.Thread(
+            target=self._writer_main, args=(opened,), name="dispatcher-sqlite-writer"
+        )
+        # Daemon: a process that exits without close() must not hang on this thread; what
+        # was committed is on disk either way.
+        self._writer.daemon = True
+        self._writer.start()
+        requeued = await opened
+        self._reader = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="dispatcher-sqlite-reader"
+        )
+        self._state = _OPEN
+        try:
+            await self._read(self._r_open)
+        except BaseException:
+            await self.close()
+            raise
+        return requeued
+
+    async def close(self) -> None:
+        if self._state == _NEW:
+            self._state = _CLOSED
+        if self._state == _CLOSED:
+            return
+        loop = asyncio.get_running_loop()
+        if self._closed is not None:  # another close() is draining
+            await asyncio.shield(self._closed)
+            return
+        self._state = _CLOSING
+        self._closed = loop.create_future()
+        try:
+            if not self._dead:
+                stopped: asyncio.Future[None] = loop.create_future()
+                self._queue.put(_Stop(stopped))
+                await stopped
+            assert self._reader is not None
+            await loop.run_in_executor(self._reader, self._r_close)
+            self._reader.shutdown(wait=False)
+        finally:
+            self._state = _CLOSED
+            self._closed.set_result(None)
+
+    async def ping(self) -> bool:
+        return self._state == _OPEN and not self._dead
+
+    # --- plumbing ------------------------------------------------------------------------
+    def _check(self) -> None:
+        if self._state != _OPEN:
+            raise StoreError("the sqlite store is not open")
+        if self._dead:
+            raise StoreError("the sqlite writer thread has stopped")
+
+    async def _write(
+        self, fn: Callable[Concatenate[_Delta, _P], _T], *args: _P.args, **kwargs: _P.kwargs
+    ) -> _T:
+        self._check()
+        future: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
+        self._queue.put(_Request(lambda d: fn(d, *args, **kwargs), future))
+        return await future
+
+    async def _read(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        if self._state != _OPEN or self._reader is None:
+            raise StoreError("the sqlite store is not open")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._reader, functools.partial(fn, *args, **kwargs))
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, cached_statements=256)
+        db.execute("PRAGMA busy_timeout = 10000")
+        db.create_function("contains_ci", 2, _contains_ci, deterministic=True)
+        return db
+
+    # --- the writer thread ---------------------------------------------------------------
+    def _writer_main(self, opened: asyncio.Future[int]) -> None:
+        try:
+            requeued = self._w_open()
+        except BaseException as exc:
+            self._settle_all([(opened, None, _store_error(exc))])
+            if hasattr(self, "_w"):
+                self._w.close()
+            return
+        self._settle_all([(opened, requeued, None)])
+        get, get_nowait = self._queue.get, self._queue.get_nowait
+        stop: _Stop | None = None
+        batch: list[_Request] = []
+        try:
+            while stop is None:
+                batch = []
+                item = get()
+                while True:
+                    if isinstance(item, _Stop):
+                        stop = item
+                    else:
+                        batch.append(item)
+                    try:
+                        item = get_nowait()
+                    except queue.Empty:
+                        break
+                if batch:
+                    self._run_group(batch)
+        finally:
+            # Normally the queue is empty here. If the thread is dying of a bug, fail what is
+            # left (and stop accepting: _check sees the thread gone) instead of hanging.
+            self._dead = True
+            gone = StoreError("the writer has stopped")
+            # Futures already settled are skipped by _settle (their callback runs first).
+            leftovers: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = [
+                (r.future, None, gone) for r in batch
+            ]
+            while True:
+                try:
+                    item = get_nowait()
+                except queue.Empty:
+                    break
+                leftovers.append((item.future, None, None if isinstance(item, _Stop) else gone))
+            if stop is not None:
+                leftovers.append((stop.future, None, None))
+            self._w.close()
+            self._settle_all(leftovers)
+
+    def _w_open(self) -> int:
+        parent = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(parent, exist_ok=True)
+        self._w = db = self._connect()
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"{self.path}: cannot switch to WAL journal mode (got {mode})")
+        db.execute(f"PRAGMA synchronous = {self.synchronous}")
+        db.execute("PRAGMA cache_size = -65536")  # KiB: 64 MiB of page cache
+        db.execute("PRAGMA temp_store = MEMORY")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path}: schema version {version} is newer than this dispatcher's"
+                    f" ({SCHEMA_VERSION})"
+                )
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                _MIGRATIONS[target - 1](db)
+                db.execute(f"PRAGMA user_version = {target}")
+            requeued = db.execute("UPDATE jobs SET state = 0 WHERE state = 1").rowcount
+            self._next_mid = db.execute("SELECT coalesce(max(mid), 0) FROM messages").fetchone()[0]
+            self._next_jid = db.execute("SELECT coalesce(max(jid), 0) FROM jobs").fetchone()[0]
+            counters: dict[str, list[int]] = {}
+            slot = {_READY: 0, _SCHEDULED: 0, _CLAIMED: 1, _DEAD: 2}
+            for pool, state, n in db.execute(
+                "SELECT pool, state, count(*) FROM jobs WHERE state != 2 GROUP BY pool, state"
+            ):
+                counters.setdefault(pool, [0, 0, 0])[slot[state]] += n
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        with self._lock:
+            self._counters = counters
+        return int(requeued)
+
+    def _run_group(self, batch: list[_Request]) -> None:
+        """Run every request of `batch` in one transaction and settle their futures."""
+        db = self._w
+        failed: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        done: list[tuple[_Request, Any, _Delta]] = []
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            err = _store_error(exc)
+            self._settle_all([(r.future, None, err) for r in batch])
+            return
+        for req in batch:
+            delta: _Delta = {}
+            try:
+                db.execute("SAVEPOINT request")
+                result = req.fn(delta)
+                db.execute("RELEASE request")
+            except Exception as exc:
+                err = _store_error(exc)
+                failed.append((req.future, None, err))
+                if db.in_transaction:
+                    db.execute("ROLLBACK TO request")
+                    db.execute("RELEASE request")
+                    continue
+                # SQLite rolled the whole transaction back (disk full, I/O error): the
+                # requests applied before this one are lost with it.
+                failed.extend((r.future, None, err) for r, _, _ in done)
+                done.clear()
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error:
+                    rest = batch[batch.index(req) + 1 :]
+                    failed.extend((r.future, None, err) for r in rest)
+                    self._settle_all(failed)
+                    return
+            else:
+                done.append((req, result, delta))
+        try:
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            err = _store_error(exc)
+            failed.extend((r.future, None, err) for r, _, _ in done)
+            self._settle_all(failed)
+            return
+        self.commits += 1
+        with self._lock:
+            counters = self._counters
+            for _, _, delta in done:
+                for pool, (dq, dc, dd) in delta.items():
+                    c = counters.get(pool)
+                    if c is None:
+                        c = counters[pool] = [0, 0, 0]
+                    c[0] += dq
+                    c[1] += dc
+                    c[2] += dd
+        failed.extend((r.future, result, None) for r, result, _ in done)
+        self._settle_all(failed)
+
+    @staticmethod
+    def _settle_all(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+        """Hand results to their event loops: one wake-up per loop, not one per request."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+        for item in items:
+            by_loop.setdefault(item[0].get_loop(), []).append(item)
+        for loop, group in by_loop.items():
+            # RuntimeError: that loop is closed, so nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, group)
+
+    # --- writes (run on the writer thread) -----------------------------------------------
+    def _w_enqueue(self, d: _Delta, batch: Sequence[NewMessage]) -> list[bool]:
+        db = self._w
+        ids = [new.message.id for new in batch]
+        seen = {
+            row[0]
+            for row in db.execute(
+                "SELECT id FROM messages WHERE id IN (SELECT value FROM json_each(?))",
+                (_json(ids),),
+            )
+        }
+        out: list[bool] = []
+        messages: list[tuple[Any, ...]] = []
+        jobs: list[tuple[Any, ...]] = []
+        mid, jid = self._next_mid, self._next_jid
+        for new in batch:
+            m = new.message
+            if m.id in seen:
+                out.append(False)
+                continue
+            seen.add(m.id)
+            out.append(True)
+            mid += 1
+            messages.append(
+                (
+                    mid,
+                    m.id,
+                    m.tag,
+                    m.payload,
+                    _json(m.headers) if m.headers else None,
+                    m.priority,
+                    m.created_at,
+                    m.available_at,
+                    m.trace,
+                )
+            )
+            state = _SCHEDULED if m.available_at > m.created_at else _READY
+            available_at = max(m.available_at, m.created_at)
+            for pool in dict.fromkeys(new.pools):
+                jid += 1
+                jobs.append((jid, mid, pool, state, m.priority, available_at, m.created_at))
+                c = d.get(pool)
+                if c is None:
+                    d[pool] = [1, 0, 0]
+                else:
+                    c[0] += 1
+        self._next_mid, self._next_jid = mid, jid
+        db.executemany(_INSERT_MESSAGE, messages)
+        db.executemany(_INSERT_JOB, jobs)
+        return out
+
+    def _w_claim(self, d: _Delta, pool: str, limit: int, now: float) -> Claim:
+        db = self._w
+        db.execute(_PROMOTE, (pool, now))
+        rows = db.execute(_CLAIMABLE, (pool, now, limit)).fetchall()
+        if rows:
+            db.execute(_MARK_CLAIMED, (_ids_json([r[0] for r in rows]),))
+            d[pool] = [-len(rows), len(rows), 0]
+        next_at = db.execute(_NEXT_AT, (pool,)).fetchone()[0]
+        jobs = [Job(r[0], pool, _message(r, 3), r[1], r[2]) for r in rows]
+        return Claim(jobs, next_at)
+
+    def _w_complete(self, d: _Delta, completions: Sequence[Completion]) -> None:
+        groups: dict[tuple[int, str], list[tuple[Any, ...]]] = {}
+        for c in completions:
+            a = c.attempt
+            log = _json(a)
+            if c.dead is not None:
+                key = (_DEAD, c.job.pool)
+                row: tuple[Any, ...] = (
+                    log,
+                    a.started_at + a.duration,
+                    c.dead.value,
+                    a.error,
+                    c.job.key,
+                )
+            elif c.retry_at is not None:
+                key = (_SCHEDULED, c.job.pool)
+                row = (log, c.retry_at, a.error, c.job.key)
+            else:
+                key = (_DELIVERED, c.job.pool)
+                row = (log, a.started_at + a.duration, c.job.key)
+            rows = groups.get(key)
+            if rows is None:
+                groups[key] = [row]
+            else:
+                rows.append(row)
+        db = self._w
+        sql = {_DEAD: _DEAD_SQL, _SCHEDULED: _RETRY_SQL, _DELIVERED: _DELIVERED_SQL}
+        for (fate, pool), rows in groups.items():
+            n = db.executemany(sql[fate], rows).rowcount
+            delta = d.setdefault(pool, [0, 0, 0])
+            delta[1] -= n
+            if fate == _SCHEDULED:
+                delta[0] += n
+            elif fate == _DEAD:
+                delta[2] += n
+
+    def _w_release(self, d: _Delta, jobs: Sequence[Job]) -> None:
+        by_pool: dict[str, list[tuple[int]]] = {}
+        for job in jobs:
+            by_pool.setdefault(job.pool, []).append((job.key,))
+        for pool, rows in by_pool.items():
+            n = self._w.executemany(_RELEASE, rows).rowcount
+            d[pool] = [n, -n, 0]
+
+    def _w_replay(
+        self, d: _Delta, jids: Sequence[int], now: float, first: int, interval: float
+    ) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for (pool,) in self._w.execute(_REPLAY, (now, first, interval, _ids_json(jids))):
+            out[pool] = out.get(pool, 0) + 1
+        for pool, n in out.items():
+            d[pool] = [n, 0, -n]
+        return out
+
+    def _w_purge(self, d: _Delta, jids: Sequence[int]) -> dict[str, int]:
+        db = self._w
+        out: dict[str, int] = {}
+        mids: set[int] = set()
+        deleted = db.execute(
+            "DELETE FROM jobs WHERE jid IN (SELECT value FROM json_each(?)) AND state = 3"
+            " RETURNING pool, mid",
+            (_ids_json(jids),),
+        ).fetchall()
+        for pool, mid in deleted:
+            out[pool] = out.get(pool, 0) + 1
+            mids.add(mid)
+        db.execute(_DROP_ORPHANS, (_ids_json(list(mids)),))
+        for pool, n in out.items():
+            d[pool] = [0, 0, -n]
+        return out
+
+    def _w_expire(self, d: _Delta, before: float, limit: int) -> int:
+        db = self._w
+        mids = db.execute(
+            "DELETE FROM jobs WHERE jid IN (SELECT jid FROM jobs WHERE state = 2"
+            " AND finished_at < ? ORDER BY finished_at LIMIT ?) RETURNING mid",
+            (before, limit),
+        ).fetchall()
+        db.execute(_DROP_ORPHANS, (_ids_json(list({m for (m,) in mids})),))
+        return len(mids)
+
+    def _w_save_settings(self, d: _Delta, pool: str, settings: str) -> None:
+        self._w.execute(
+            "INSERT INTO pool_settings (pool, settings) VALUES (?, ?)"
+            " ON CONFLICT (pool) DO UPDATE SET settings = excluded.settings",
+            (pool, settings),
+        )
+
+    def _w_audit(self, d: _Delta, e: AuditEntry, detail: str) -> None:
+        self._w.execute(
+            "INSERT INTO audit (at, actor, action, target, detail, count)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (e.at, e.actor, e.action, e.target, detail, e.count),
+        )
+
+    # --- reads (run on the reader thread) ------------------------------------------------
+    def _r_open(self) -> None:
+        self._r = self._connect()
+        self._r.execute("PRAGMA query_only = ON")
+
+    def _r_close(self) -> None:
+        self._r.close()
+        if self._writer is not None:
+            self._writer.join()  # it has settled its last futures; only returning is left
+
+    def _r_get_message(self, message_id: str) -> MessageStatus | None:
+        db = self._r
+        db.execute("BEGIN")  # one snapshot for both queries
+        try:
+            row = db.execute(
+                "SELECT mid, id, tag, payload, created_at, priority, available_at, headers,"
+                " trace FROM messages WHERE id = ?",
+                (message_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            jobs = db.execute(
+                "SELECT pool, state, available_at, attempt_log, history, finished_at,"
+                " dead_reason FROM jobs WHERE mid = ? ORDER BY jid",
+                (row[0],),
+            ).fetchall()
+        finally:
+            db.execute("COMMIT")
+        return MessageStatus(
+            message=_message(row, 1),
+            jobs=[
+                JobStatus(
+                    pool=pool,
+                    state=State(_READY if state == _SCHEDULED else state),
+                    available_at=available_at,
+                    attempts=_decode_attempts(log) if log else [],
+                    history=_decode_history(history) if history else [],
+                    finished_at=finished_at,
+                    dead_reason=DeadReason(reason) if reason is not None else None,
+                )
+                for pool, state, available_at, log, history, finished_at, reason in jobs
+            ],
+        )
+
+    def _r_counts(self, now: float) -> dict[str, PoolCounts]:
+        with self._lock:
+            counters = [(pool, list(c)) for pool, c in self._counters.items() if any(c)]
+        db = self._r
+        out: dict[str, PoolCounts] = {}
+        for pool, (queued, claimed, dead) in counters:
+            scheduled = 0
+            oldest_at = None
+            if queued:
+                scheduled = db.execute(
+                    "SELECT count(*) FROM jobs WHERE state = 4 AND pool = ? AND available_at > ?",
+                    (pool, now),
+                ).fetchone()[0]
+            if queued or claimed:
+                oldest_at = db.execute(
+                    "SELECT min(created_at) FROM jobs WHERE finished_at IS NULL AND pool = ?",
+                    (pool,),
+                ).fetchone()[0]
+            out[pool] = PoolCounts(
+                ready=max(queued - scheduled, 0),
+                scheduled=scheduled,
+                claimed=claimed,
+                dead=dead,
+                oldest_at=oldest_at,
+            )
+        return out
+
+    def _r_dlq_list(
+        self, sel: DlqFilter, limit: int, cursor: str | None
+    ) -> tuple[list[DlqEntry], str | None]:
+        where, params, _ = _dlq_where(sel)
+        if cursor is not None:
+            where += " AND (j.finished_at, j.jid) < (?, ?)"
+            params.extend(_parse_cursor(cursor))
+        rows = self._r.execute(
+            f"SELECT {_DLQ_COLUMNS} FROM jobs j JOIN messages m ON m.mid = j.mid"  # noqa: S608
+            f" WHERE {where} ORDER BY j.finished_at DESC, j.jid DESC LIMIT ?",
+            (*params, max(limit, 0) + 1),
+        ).fetchall()
+        more = len(rows) > limit > 0
+        rows = rows[: max(limit, 0)]
+        entries = [
+            DlqEntry(
+                message=_message(r, 6),
+                pool=r[1],
+                attempts=r[2],
+                error=r[3],
+                failed_at=r[4],
+                reason=DeadReason(r[5]),
+            )
+            for r in rows
+        ]
+        return entries, (f"{rows[-1][4]!r}:{rows[-1][0]}" if more else None)
+
+    def _r_dlq_count(self, sel: DlqFilter) -> int:
+        where, params, join = _dlq_where(sel)
+        source = "jobs j JOIN messages m ON m.mid = j.mid" if join else "jobs j"
+        row = self._r.execute(
+            f"SELECT count(*) FROM {source} WHERE {where}",  # noqa: S608
+            params,
+        ).fetchone()
+        return int(row[0])
+
+    def _r_dlq_jids(self, sel: DlqFilter) -> list[int]:
+        """Matching DEAD jobs, oldest failure first."""
+        where, params, join = _dlq_where(sel)
+        source = "jobs j JOIN messages m ON m.mid = j.mid" if join else "jobs j"
+        return [
+            jid
+            for (jid,) in self._r.execute(
+                f"SELECT j.jid FROM {source} WHERE {where}"  # noqa: S608
+                " ORDER BY j.finished_at, j.jid",
+                params,
+            )
+        ]
+
+    def _r_settings(self) -> dict[str, dict[str, object]]:
+        rows = self._r.execute("SELECT pool, settings FROM pool_settings").fetchall()
+        return {pool: _decode_object(settings) for pool, settings in rows}
+
+    def _r_audit(self, limit: int, cursor: str | None) -> tuple[list[AuditEntry], str | None]:
+        before = int(cursor) if cursor is not None else None
+        rows = self._r.execute(
+            "SELECT aid, at, actor, action, target, detail, count FROM audit"
+            " WHERE ?1 IS NULL OR aid < ?1 ORDER BY aid DESC LIMIT ?2",
+            (before, max(limit, 0) + 1),
+        ).fetchall()
+        more = len(rows) > limit > 0
+        rows = rows[: max(limit, 0)]
+        entries = [
+            AuditEntry(
+                at=at,
+                actor=actor,
+                action=action,
+                target=target,
+                detail=_decode_object(detail),
+                count=count,
+            )
+            for _, at, actor, action, target, detail, count in rows
+        ]
+        return entries, (str(rows[-1][0]) if more else None)
+
+    # --- the Store interface -------------------------------------------------------------
+    async def enqueue(self, batch: Sequence[NewMessage]) -> list[bool]:
+        if not batch:
+            self._check()
+            return []
+        return await self._write(self._w_enqueue, batch)
+
+    async def claim(self, pool: str, limit: int, now: float) -> Claim:
+        return await self._write(self._w_claim, pool, limit, now)
+
+    async def complete(self, completions: Sequence[Completion]) -> None:
+        self._check()
+        if completions:
+            await self._write(self._w_complete, completions)
+
+    async def release(self, jobs: Sequence[Job]) -> None:
+        self._check()
+        if jobs:
+            await self._write(self._w_release, jobs)
+
+    async def get_message(self, message_id: str) -> MessageStatus | None:
+        return await self._read(self._r_get_message, message_id)
+
+    async def counts(self, now: float) -> dict[str, PoolCounts]:
+        return await self._read(self._r_counts, now)
+
+    async def dlq_list(
+        self, selector: DlqFilter, limit: int, cursor: str | None = None
+    ) -> tuple[list[DlqEntry], str | None]:
+        return await self._read(self._r_dlq_list, selector, limit, cursor)
+
+    async def dlq_count(self, selector: DlqFilter) -> int:
+        return await self._read(self._r_dlq_count, selector)
+
+    async def dlq_replay(
+        self, selector: DlqFilter, now: float, interval: float = 0.0
+    ) -> dict[str, int]:
+        jids = await self._read(self._r_dlq_jids, selector)
+        out: dict[str, int] = {}
+        for start in range(0, len(jids), _CHUNK):
+            chunk = jids[start : start + _CHUNK]
+            done = await self._write(self._w_replay, chunk, now, start, interval)
+            for pool, n in done.items():
+                out[pool] = out.get(pool, 0) + n
+        return out
+
+    async def dlq_purge(self, selector: DlqFilter) -> dict[str, int]:
+        jids = await self._read(self._r_dlq_jids, selector)
+        out: dict[str, int] = {}
+        for start in range(0, len(jids), _CHUNK):
+            done = await self._write(self._w_purge, jids[start : start + _CHUNK])
+            for pool, n in done.items():
+                out[pool] = out.get(pool, 0) + n
+        return out
+
+    async def expire(self, delivered_before: float) -> int:
+        total = 0
+        while True:
+            n = await self._write(self._w_expire, delivered_before, _CHUNK)
+            total += n
+            if n < _CHUNK:
+                return total
+
+    async def load_pool_settings(self) -> dict[str, dict[str, object]]:
+        return await self._read(self._r_settings)
+
+    async def save_pool_settings(self, pool: str, settings: Mapping[str, object]) -> None:
+        await self._write(self._w_save_settings, pool, _json(dict(settings)))
+
+    async def audit(self, entry: AuditEntry) -> None:
+        await self._write(self._w_audit, entry, _json(entry.detail))
+
+    async def audit_list(
+        self, limit: int, cursor: str | None = None
+    ) -> tuple[list[AuditEntry], str | None]:
+        return await self._read(self._r_audit, limit, cursor)
+
+
+def _dlq_where(sel: DlqFilter) -> tuple[str, list[object], bool]:
+    """SQL conditions on `jobs j` (and `messages m` when the bool says a join is needed)."""
+    where = ["j.state = 3"]
+    params: list[object] = []
+    join = False
+    if sel.ids is not None:
+        where.append("m.id IN (SELECT value FROM json_each(?))")
+        params.append(_json(list(sel.ids)))
+        join = True
+    if sel.pool is not None:
+        where.append("j.pool = ?")
+        params.append(sel.pool)
+    if sel.tag is not None:
+        where.append("m.tag = ?")
+        params.append(sel.tag)
+        join = True
+    if sel.error is not None:
+        where.append("contains_ci(j.last_error, ?)")
+        params.append(sel.error)
+    if sel.since is not None:
+        where.append("j.finished_at >= ?")
+        params.append(sel.since)
+    return " AND ".join(where), params, join
+
+
+def _parse_cursor(cursor: str) -> tuple[float, int]:
+    try:
+        at, jid = cursor.rsplit(":", 1)
+        return float(at), int(jid)
+    except ValueError:
+        raise ValueError(f"invalid cursor: {cursor!r}") from None

@@ -1,0 +1,145 @@
+"""Engine benchmarks (issue 2). Prints numbers; asserts nothing.
+
+    python -m tests.bench.bench_engine throughput [--store sqlite|memory] [--messages N]
+    python -m tests.bench.bench_engine latency [--rate 500] [--seconds 10]
+    python -m tests.bench.bench_engine backlog [--messages 1000000]
+
+throughput: N messages published through Dispatcher.publish in batches of 1,000 to one pool
+with a no-op python sink and concurrency 64; end to end = first publish to last delivery.
+latency: messages offered at a steady rate; enqueue (publish returned) to sink start.
+backlog: N messages queued on a paused pool; the process's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+from dispatcher.config import settings_from_dict
+from dispatcher.dispatcher import Dispatcher, Publish
+
+from . import handlers
+
+
+def _settings(store_url: str, handler: str, concurrency: int = 64, **pool: Any) -> Any:
+    return settings_from_dict(
+        {
+            "store": {"url": store_url, "min_free_bytes": 0},
+            "pools": {
+                "bench": {
+                    "concurrency": concurrency,
+                    "max_backlog": 10_000_000,
+                    "sink": {"type": "python", "handler": handler},
+                    **pool,
+                }
+            },
+            "routes": [{"match": "bench.>", "pools": ["bench"]}],
+        },
+        env={},
+    )
+
+
+def _url(store: str, directory: str) -> str:
+    return f"sqlite:///{directory}/bench.db" if store == "sqlite" else "memory://"
+
+
+async def throughput(store: str, messages: int, batch: int) -> float:
+    with tempfile.TemporaryDirectory() as directory:
+        settings = _settings(_url(store, directory), "tests.bench.handlers:noop")
+        dispatcher = Dispatcher(settings)
+        await dispatcher.start()
+        handlers.reset(messages)
+        payload = b'{"user": 42, "event": "click", "path": "/home"}'
+        started = time.perf_counter()
+        for _ in range(messages // batch):
+            await dispatcher.publish([Publish("bench.click", payload) for _ in range(batch)])
+        published = time.perf_counter()
+        await asyncio.wait_for(handlers.state["done"].wait(), timeout=600)
+        delivered = time.perf_counter()
+        await dispatcher.stop()
+    rate = messages / (delivered - started)
+    print(
+        f"throughput store={store} messages={messages} batch={batch}: "
+        f"publish {messages / (published - started):,.0f}/s, "
+        f"end to end {rate:,.0f} messages/s ({delivered - started:.2f} s)"
+    )
+    return rate
+
+
+async def latency(store: str, rate: float, seconds: float) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        settings = _settings(_url(store, directory), "tests.bench.handlers:record_start")
+        dispatcher = Dispatcher(settings)
+        await dispatcher.start()
+        handlers.reset()
+        enqueued: dict[str, float] = {}
+        interval = 1.0 / rate
+        total = int(rate * seconds)
+        next_at = time.perf_counter()
+        for _ in range(total):
+            next_at += interval
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            (accepted,) = await dispatcher.publish([Publish("bench.latency", b"{}")])
+            enqueued[accepted.id] = time.perf_counter()
+        deadline = time.perf_counter() + 10
+        while len(handlers.state["starts"]) < total and time.perf_counter() < deadline:
+            await asyncio.sleep(0.05)
+        await dispatcher.stop()
+    waits = sorted(
+        handlers.state["starts"][i] - t
+        for i, t in enqueued.items()
+        if i in handlers.state["starts"]
+    )
+    q = statistics.quantiles(waits, n=100)
+    print(
+        f"latency store={store} offered={rate:g}/s n={len(waits)}: "
+        f"p50 {q[49] * 1000:.2f} ms, p99 {q[98] * 1000:.2f} ms, max {waits[-1] * 1000:.2f} ms"
+    )
+
+
+async def backlog(messages: int, batch: int) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        settings = _settings(_url("sqlite", directory), "tests.bench.handlers:noop")
+        dispatcher = Dispatcher(settings)
+        await dispatcher.start()
+        await dispatcher.update_pool("bench", paused=True, actor="bench")
+        started = time.perf_counter()
+        for _ in range(messages // batch):
+            await dispatcher.publish([Publish("bench.backlog", b'{"n": 1}') for _ in range(batch)])
+        elapsed = time.perf_counter() - started
+        info = await dispatcher.pool_info("bench")
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(
+            f"backlog: {info.backlog:,} queued on a paused pool in {elapsed:.1f} s; "
+            f"peak RSS {rss:.0f} MB"
+        )
+        await dispatcher.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("kind", choices=["throughput", "latency", "backlog"])
+    parser.add_argument("--store", default="sqlite", choices=["sqlite", "memory"])
+    parser.add_argument("--messages", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=500)
+    parser.add_argument("--seconds", type=float, default=10)
+    args = parser.parse_args(argv)
+    if args.kind == "throughput":
+        asyncio.run(throughput(args.store, args.messages or 100_000, args.batch))
+    elif args.kind == "latency":
+        asyncio.run(latency(args.store, args.rate, args.seconds))
+    else:
+        asyncio.run(backlog(args.messages or 1_000_000, args.batch))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""What only the SQLite store promises: its pragmas and schema version, group commit on one
+writer thread, isolation of a failing request, durability across a crash, drain on close."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dispatcher.errors import StoreError
+from dispatcher.message import Message, NewMessage, State
+from dispatcher.stores import sqlite as sqlite_module
+from dispatcher.stores.sqlite import SCHEMA_VERSION, SqliteStore
+
+T0 = 1_700_000_000.0
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def new(id: str, *pools: str, created: float = T0) -> NewMessage:
+    return NewMessage(
+        Message(id=id, tag="t", payload=id.encode(), created_at=created), pools or ("p",)
+    )
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "nested" / "dir" / "dispatcher.db"
+
+
+@pytest.fixture
+async def store(db_path: Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(str(db_path))
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def on_writer(store: SqliteStore, fn: Any) -> Any:
+    """Run `fn(connection)` on the writer thread, inside its group transaction."""
+    return await store._write(lambda _delta: fn(store._w))
+
+
+async def test_pragmas_and_schema_version(store: SqliteStore, db_path: Path) -> None:
+    assert db_path.exists()  # the parent directories were made
+    assert await on_writer(store, lambda db: db.execute("PRAGMA synchronous").fetchone()[0]) == 2
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert {"messages", "jobs", "pool_settings", "audit"} <= tables
+    db.close()
+
+
+async def test_synchronous_normal(tmp_path: Path) -> None:
+    s = SqliteStore(str(tmp_path / "n.db"), synchronous="normal")
+    await s.open()
+    try:
+        assert await on_writer(s, lambda db: db.execute("PRAGMA synchronous").fetchone()[0]) == 1
+    finally:
+        await s.close()
+    with pytest.raises(ValueError, match="synchronous"):
+        SqliteStore("x.db", synchronous="off")
+
+
+async def test_one_named_writer_thread(store: SqliteStore) -> None:
+    names = [t.name for t in threading.enumerate()]
+    assert names.count("dispatcher-sqlite-writer") == 1
+    assert await on_writer(store, lambda _db: threading.current_thread().name) == (
+        "dispatcher-sqlite-writer"
+    )
+    await store.close()
+    assert "dispatcher-sqlite-writer" not in [t.name for t in threading.enumerate()]
+
+
+async def test_group_commit_batches_concurrent_requests(store: SqliteStore) -> None:
+    before = store.commits
+    results = await asyncio.gather(*(store.enqueue([new(f"m{i}")]) for i in range(500)))
+    assert results == [[True]] * 500
+    commits = store.commits - before
+    assert 1 <= commits <= 50, commits
+    assert (await store.counts(T0))["p"].ready == 500
+
+
+async def test_a_failing_request_does_not_fail_its_group(store: SqliteStore) -> None:
+    await store.enqueue([new("existing")])
+    release = threading.Event()
+    # Hold the writer busy so that the next requests queue up and form one group.
+    busy = asyncio.ensure_future(on_writer(store, lambda _db: release.wait(5)))
+    await asyncio.sleep(0.05)
+    before = store.commits
+
+    def write_then_fail(db: sqlite3.Connection) -> None:
+        db.execute("INSERT INTO pool_settings VALUES ('ghost', '{}')")
+        db.execute(
+            "INSERT INTO messages VALUES (1, 'dup-mid', 't', x'00', NULL, 0, 0, 0, NULL)"
+        )  # mid 1 is taken: IntegrityError
+
+    a = asyncio.ensure_future(store.enqueue([new("a")]))
+    bad = asyncio.ensure_future(on_writer(store, write_then_fail))
+    b = asyncio.ensure_future(store.enqueue([new("b")]))
+    await asyncio.sleep(0.05)
+    release.set()
+    assert await busy is True
+    assert await a == [True]
+    assert await b == [True]
+    with pytest.raises(StoreError, match="UNIQUE"):
+        await bad
+    # One commit for the busy request, then ONE for a, bad and b together.
+    assert store.commits - before == 2
+    assert await store.load_pool_settings() == {}  # the failed request left nothing behind
+    assert await store.get_message("a") is not None
+    assert await store.get_message("b") is not None
+    assert (await store.counts(T0))["p"].ready == 3
+
+
+async def test_commit_failure_fails_every_request_of_the_group(store: SqliteStore) -> None:
+    # A request that breaks the transaction itself (COMMIT inside) makes COMMIT fail.
+    with pytest.raises(StoreError):
+        await on_writer(store, lambda db: db.execute("COMMIT"))
+    # The writer survives and keeps serving.
+    assert await store.enqueue([new("after")]) == [True]
+    assert await store.ping()
+
+
+# Tolerated: the writer thread is killed on purpose, and pytest reports the thread's death.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+async def test_a_dead_writer_fails_fast_instead_of_hanging(store: SqliteStore) -> None:
+    def die(_db: sqlite3.Connection) -> None:
+        raise SystemExit  # a BaseException no request handler catches: the thread exits
+
+    with pytest.raises(StoreError, match="stopped"):
+        await on_writer(store, die)
+    assert not await store.ping()
+    with pytest.raises(StoreError, match="stopped"):
+        await store.enqueue([new("m")])
+    await store.close()  # still returns
+
+
+async def test_close_drains_pending_work(db_path: Path) -> None:
+    s = SqliteStore(str(db_path))
+    await s.open()
+    tasks = [asyncio.ensure_future(s.enqueue([new(f"m{i}")])) for i in range(200)]
+    await asyncio.sleep(0)  # let every task put its request on the queue
+    await s.close()
+    assert [t.result() for t in tasks] == [[True]] * 200
+    with pytest.raises(StoreError):
+        await s.enqueue([new("late")])
+
+    s2 = SqliteStore(str(db_path))
+    await s2.open()
+    try:
+        assert (await s2.counts(T0))["p"].ready == 200
+    finally:
+        await s2.close()
+
+
+async def test_counters_are_rebuilt_on_open(db_path: Path) -> None:
+    s = SqliteStore(str(db_path))
+    await s.open()
+    await s.enqueue([new(f"m{i}", "a", "b", created=T0 + i) for i in range(5)])
+    jobs = (await s.claim("a", 2, T0 + 10)).jobs
+    before = await s.counts(T0 + 10)
+    await s.close()
+
+    s = SqliteStore(str(db_path))
+    assert await s.open() == 2
+    try:
+        after = await s.counts(T0 + 10)
+        assert before["b"] == after["b"]
+        assert (after["a"].ready, after["a"].claimed) == (5, 0)
+        assert (before["a"].ready, before["a"].claimed) == (3, 2)
+        status = await s.get_message(jobs[0].message.id)
+        assert status is not None
+        assert status.jobs[0].state == State.QUEUED
+    finally:
+        await s.close()
+
+
+async def test_newer_schema_is_refused(db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True)
+    with sqlite3.connect(db_path) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    s = SqliteStore(str(db_path))
+    with pytest.raises(StoreError, match="newer"):
+        await s.open()
+    await s.close()
+
+
+async def test_bulk_dlq_operations_chunk(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_module, "_CHUNK", 7)
+    from dispatcher.message import Attempt, Completion, DeadReason, DlqFilter, Outcome
+
+    await store.enqueue([new(f"m{i:02}", created=T0 + i) for i in range(30)])
+    jobs = (await store.claim("p", 100, T0 + 100)).jobs
+    await store.complete(
+        [
+            Completion(j, Attempt(1, T0 + k, 0.5, Outcome.FAILURE, "x"), dead=DeadReason.PERMANENT)
+            for k, j in enumerate(jobs)
+        ]
+    )
+    before = store.commits
+    assert await store.dlq_replay(DlqFilter(), T0 + 200, interval=1.0) == {"p": 30}
+    assert store.commits - before == 5  # ceil(30 / 7) chunks
+    claimed = (await store.claim("p", 100, T0 + 229)).jobs
+    assert [j.enqueued_at for j in claimed] == [T0 + 200 + k for k in range(30)]
+    await store.complete(
+        [
+            Completion(
+                j, Attempt(1, T0 + 300, 0.5, Outcome.FAILURE, "x"), dead=DeadReason.PERMANENT
+            )
+            for j in claimed
+        ]
+    )
+    assert await store.dlq_purge(DlqFilter()) == {"p": 30}
+    assert await store.dlq_count(DlqFilter()) == 0
+    assert await store.get_message("m00") is None
+
+
+@pytest.mark.slow
+@pytest.mark.allow_blocking
+def test_committed_messages_survive_sigkill(db_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import asyncio, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from dispatcher.message import Message, NewMessage
+        from dispatcher.stores.sqlite import SqliteStore
+
+        async def main():
+            s = SqliteStore({str(db_path)!r})
+            await s.open()
+            batch = [NewMessage(Message(id=f"m{{i}}", tag="t", payload=b"x", created_at=1.0),
+                                ("p",)) for i in range(100)]
+            await s.enqueue(batch)
+            await s.claim("p", 10, 2.0)
+            print("committed", flush=True)
+            await asyncio.sleep(60)
+
+        asyncio.run(main())
+        """
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "committed"
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL
+
+    async def reopen() -> tuple[int, int]:
+        s = SqliteStore(str(db_path))
+        requeued = await s.open()
+        try:
+            return requeued, (await s.counts(time.time()))["p"].ready
+        finally:
+            await s.close()
+
+    assert asyncio.run(reopen()) == (10, 100)
