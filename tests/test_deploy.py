@@ -1,0 +1,263 @@
+"""The deploy files, checked without Docker or a cluster: the compose file parses and every
+path it mounts or builds from exists; the Dockerfile builds a non-root image with a
+/healthz healthcheck from files that exist; the configs it ships validate; the Kubernetes
+manifests probe the right endpoints and outlast the drain."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dispatcher.config import load_settings, settings_from_dict
+
+from .monitoring import CONTRACT, ROOT, RULES
+
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "kubernetes"
+ENV = {
+    "DISPATCHER_ADMIN_TOKEN": "t",
+    "DISPATCHER_OPS_TOKEN": "t",
+    "DISPATCHER_APP_TOKEN": "t",
+}
+
+
+def load(path: Path) -> Any:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def k8s(kind: str) -> dict[str, Any]:
+    found = [
+        doc
+        for path in sorted(K8S.glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8"))
+        if doc and doc.get("kind") == kind
+    ]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+# --- compose ------------------------------------------------------------------------------
+
+
+def test_compose_runs_the_four_services() -> None:
+    compose = load(DEPLOY / "compose.yaml")
+    assert set(compose["services"]) == {"dispatcher", "redis", "prometheus", "grafana"}
+
+
+def test_every_path_compose_mounts_or_builds_from_exists() -> None:
+    compose = load(DEPLOY / "compose.yaml")
+    named = set(compose.get("volumes") or {})
+    for name, service in compose["services"].items():
+        if build := service.get("build"):
+            context = (DEPLOY / build["context"]).resolve()
+            assert context.is_dir(), name
+            assert (context / build["dockerfile"]).is_file(), name
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source in named:
+                continue
+            assert source.startswith("."), f"{name}: {source} is neither relative nor named"
+            assert (DEPLOY / source).exists(), f"{name}: {source} does not exist"
+
+
+def test_compose_provisions_grafana_and_prometheus() -> None:
+    services = load(DEPLOY / "compose.yaml")["services"]
+    grafana = {v.split(":")[1]: v.split(":")[0] for v in services["grafana"]["volumes"]}
+    datasources = [t for t in grafana if t.startswith("/etc/grafana/provisioning/datasources/")]
+    providers = [t for t in grafana if t.startswith("/etc/grafana/provisioning/dashboards/")]
+    assert len(datasources) == 1
+    assert len(providers) == 1
+    # The provider's path is where the dashboards are mounted.
+    provider = load(DEPLOY / grafana[providers[0]])["providers"][0]
+    dashboards = DEPLOY / grafana[provider["options"]["path"]]
+    assert sorted(p.name for p in dashboards.glob("*.json")) == [
+        "dispatcher-overview.json",
+        "dispatcher-pools.json",
+        "dispatcher-runtime.json",
+    ]
+    home = services["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith(provider["options"]["path"] + "/")
+    datasource = load(DEPLOY / grafana[datasources[0]])["datasources"][0]
+    assert datasource["type"] == "prometheus"
+    assert datasource["url"] == "http://prometheus:9090"
+
+    prometheus = {v.split(":")[1]: v.split(":")[0] for v in services["prometheus"]["volumes"]}
+    config_source = DEPLOY / prometheus["/etc/prometheus/prometheus.yml"]
+    config = load(config_source)
+    # Rule globs are relative to the config file, in the container and here alike.
+    for pattern in config["rule_files"]:
+        mounted = next(t for t in prometheus if t == "/etc/prometheus/" + pattern.split("/")[0])
+        assert (DEPLOY / prometheus[mounted]).resolve() == RULES.parent
+        assert list(config_source.parent.glob(pattern)) == [RULES]
+    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    assert jobs["dispatcher"]["static_configs"][0]["targets"] == ["dispatcher:8080"]
+
+
+def test_compose_dispatcher_config_validates() -> None:
+    compose = load(DEPLOY / "compose.yaml")
+    service = compose["services"]["dispatcher"]
+    assert "/etc/dispatcher/dispatcher.yaml" in service["command"]
+    settings = load_settings(DEPLOY / "dispatcher.yaml", env=ENV)
+    assert settings.store.url.startswith("sqlite:////var/lib/dispatcher/")
+    # Docker's default 10s stop timeout would SIGKILL a drain that may take grace_period.
+    stop = int(service["stop_grace_period"].removesuffix("s"))
+    assert stop > settings.server.grace_period
+    # The token comes from the environment, which compose requires (no default secret).
+    assert ":?" in service["environment"]["DISPATCHER_ADMIN_TOKEN"]
+
+
+# --- Dockerfile ---------------------------------------------------------------------------
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", (DEPLOY / "Dockerfile").read_text(encoding="utf-8"))
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def test_dockerfile_runs_slim_and_non_root() -> None:
+    instructions = dockerfile()
+    bases = [args.split()[0] for word, args in instructions if word == "FROM"]
+    assert bases
+    assert all(b.endswith("-slim") for b in bases), bases
+    users = [args for word, args in instructions if word == "USER"]
+    assert users, "no USER: the image would run as root"
+    final_user = users[-1].split(":")[0]
+    assert final_user not in {"root", "0"}
+    # USER comes after the last FROM, so it applies to the final image.
+    last_from = max(i for i, (w, _) in enumerate(instructions) if w == "FROM")
+    assert any(w == "USER" for w, _ in instructions[last_from:])
+
+
+def test_dockerfile_healthcheck_probes_healthz() -> None:
+    checks = [args for word, args in dockerfile() if word == "HEALTHCHECK"]
+    assert len(checks) == 1
+    assert "/healthz" in checks[0]
+    assert "CMD" in checks[0]
+    assert "--interval=" in checks[0]
+
+
+def test_dockerfile_copies_files_that_exist() -> None:
+    context = (
+        DEPLOY / load(DEPLOY / "compose.yaml")["services"]["dispatcher"]["build"]["context"]
+    ).resolve()
+    for word, args in dockerfile():
+        if word == "COPY" and "--from=" not in args:
+            *sources, _dest = shlex.split(args)
+            for source in sources:
+                assert (context / source).exists(), source
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text(encoding="utf-8")
+    for needed in ("pyproject.toml", "README.md", "dispatcher/", "console/"):
+        assert f"!{needed}" in ignore
+
+
+# --- Kubernetes ---------------------------------------------------------------------------
+
+
+def configmap_settings() -> Any:
+    raw = yaml.safe_load(k8s("ConfigMap")["data"]["dispatcher.yaml"])
+    return settings_from_dict(raw, env=ENV)
+
+
+def test_configmap_config_validates() -> None:
+    assert configmap_settings().server.port == 8080
+
+
+def test_deployment_probes_and_outlasts_the_drain() -> None:
+    spec = k8s("Deployment")["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    grace = configmap_settings().server.grace_period
+    pre_stop = 0.0
+    if hook := container.get("lifecycle", {}).get("preStop"):
+        pre_stop = float(
+            re.search(r"sleep\((\d+(?:\.\d+)?)\)", " ".join(hook["exec"]["command"]))[1]
+        )
+    assert spec["terminationGracePeriodSeconds"] > grace + pre_stop
+    requests = container["resources"]["requests"]
+    assert requests["cpu"]
+    assert requests["memory"]
+    assert container["resources"]["limits"]["memory"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["http"] == configmap_settings().server.port
+    # Non-root, as the image.
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    # The tokens the config names come from the environment.
+    names = {e["name"] for e in container["env"]}
+    assert {t.token_env for t in configmap_settings().auth.tokens} <= names
+
+
+def test_service_and_servicemonitor_select_the_pods() -> None:
+    deployment = k8s("Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    service = k8s("Service")
+    # The ServiceMonitor's job label is the Service's name, which the rules select on.
+    assert service["metadata"]["name"] == "dispatcher"
+    assert 'up{job="dispatcher"}' in RULES.read_text(encoding="utf-8")
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    monitor = k8s("ServiceMonitor")
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
+
+
+def test_prometheusrule_carries_the_rules() -> None:
+    assert k8s("PrometheusRule")["spec"]["groups"] == load(RULES)["groups"]
+
+
+def test_hpa_scales_on_oldest_message_age() -> None:
+    hpa = k8s("HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"]["name"] == k8s("Deployment")["metadata"]["name"]
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] in {"External", "Object", "Pods"}
+    name = metric[metric["type"].lower()]["metric"]["name"]
+    assert name == "dispatcher_oldest_message_age_seconds"
+    assert name in CONTRACT
+
+
+def test_kustomization_lists_existing_files() -> None:
+    resources = load(K8S / "kustomization.yaml")["resources"]
+    for resource in resources:
+        assert (K8S / resource).is_file(), resource
+    assert "hpa.yaml" not in resources  # an example for the Redis store; see its header
+
+
+@pytest.mark.parametrize("path", sorted(K8S.glob("*.yaml")), ids=lambda p: p.name)
+def test_manifests_parse_with_kind_and_name(path: Path) -> None:
+    for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+        if path.name == "kustomization.yaml":
+            continue
+        assert doc["apiVersion"]
+        assert doc["kind"]
+        assert doc["metadata"]["name"]
+
+
+def test_deploy_readme_says_how_to_run_each() -> None:
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    for needle in (
+        "docker build -f deploy/Dockerfile",
+        "docker compose up",
+        "kubectl apply -k deploy/kubernetes",
+        "hpa.yaml",
+        "promtool test rules",
+        "python dashboards/generate.py",
+    ):
+        assert needle in readme, needle
