@@ -79,6 +79,7 @@ def create_app(
     app[AUTH] = authenticator or Authenticator(settings.auth, os.environ)
     app.cleanup_ctx.append(_run_dispatcher)
     api.add_routes(app)
+    __import__("console").setup(app)  # the edge mounts the console; the core never imports it
     return app
 
 

@@ -133,6 +133,11 @@ class DemoConfig(_Section, frozen=True):
     traffic: Seconds = 0.0  # demo messages per second generated in-process; 0 = off
 
 
+class ConsoleConfig(_Section, frozen=True):
+    # A link from a message to its trace, e.g. "https://tempo.example/trace/{trace_id}".
+    trace_url: str | None = None
+
+
 class Settings(_Section, frozen=True):
     server: ServerConfig = ServerConfig()
     store: StoreConfig = StoreConfig()
@@ -141,6 +146,7 @@ class Settings(_Section, frozen=True):
     routes: tuple[RouteConfig, ...] = ()
     security: SecurityConfig = SecurityConfig()
     demo: DemoConfig = DemoConfig()
+    console: ConsoleConfig = ConsoleConfig()
 
 
 # --- loading ------------------------------------------------------------------------------
@@ -264,7 +270,12 @@ def _deep_copy(value: Any) -> Any:
     return value
 
 
+MAX_POOLS = 1024  # the SQLite store numbers a message's jobs within a range of this size
+
+
 def _check(settings: Settings, env: Mapping[str, str]) -> None:
+    if len(settings.pools) > MAX_POOLS:
+        raise ConfigError("pools", f"at most {MAX_POOLS} pools")
     for name, pool in settings.pools.items():
         where = f"pools.{name}"
         if not POOL_NAME.match(name):

@@ -106,6 +106,7 @@ class Dispatcher:
         self.pools: dict[str, Pool] = {}
         self._sinks: dict[str, Sink] = {}
         self._outstanding: dict[str, int] = {}  # per pool: jobs not yet delivered or dead
+        self._attempt_totals: dict[str, list[int]] = {}  # per pool: [succeeded, failed]
         self._acker: Acker | None = None
         self._housekeeper: asyncio.Task[None] | None = None
         self.draining = False
@@ -140,6 +141,7 @@ class Dispatcher:
             self._apply_overrides(pool, overrides.get(name, {}))
             c = counts.get(name, PoolCounts())
             self._outstanding[name] = c.ready + c.scheduled + c.claimed
+            self._attempt_totals[name] = [0, 0]
             self.pools[name] = pool
         self._acker.start()
         for pool in self.pools.values():
@@ -260,6 +262,7 @@ class Dispatcher:
         """After the acker wrote a batch: update backlog counts, wake pools for retries."""
         for c in completions:
             pool = c.job.pool
+            self._attempt_totals[pool][c.attempt.outcome != "success"] += 1
             if c.retry_at is not None:
                 self.pools[pool].notify(c.retry_at)
             else:
@@ -414,6 +417,39 @@ class Dispatcher:
         total = sum(purged.values())
         await self._audit(actor, "dlq.purge", _describe(selector), {}, total)
         return total
+
+    def attempt_totals(self) -> dict[str, tuple[int, int]]:
+        """Per pool: attempts that succeeded and that failed since start (written ones), from
+        which the console derives throughput and failure rates."""
+        return {pool: (t[0], t[1]) for pool, t in self._attempt_totals.items()}
+
+    async def dlq_replay_edited(
+        self, message_id: str, pool: str, payload: bytes, *, actor: str
+    ) -> str:
+        """Replay one dead entry with a corrected payload. Message ids are immutable (dedup,
+        webhook-id), so this enqueues a new message to `pool` only, with a fresh id and the
+        header `dispatcher-replay-of: <old id>` as lineage, then purges the old entry.
+        Returns the new id."""
+        selector = DlqFilter(ids=(message_id,), pool=pool)
+        entries, _ = await self.store.dlq_list(selector, 1)
+        if not entries:
+            raise NotFound(f"no dead message {message_id!r} in pool {pool!r}")
+        if self.draining or not self.started:
+            raise Unavailable("the dispatcher is shutting down", retry_after=5.0)
+        old = entries[0].message
+        now = self._clock()
+        headers = {**old.headers, "dispatcher-replay-of": old.id}
+        new = Message(self._ids(), old.tag, payload, now, old.priority, now, headers, old.trace)
+        self._reserve({pool: 1})
+        try:
+            await self.store.enqueue([NewMessage(new, (pool,))])
+        except StoreError as exc:
+            self._unreserve({pool: 1})
+            raise Unavailable(f"the store is unavailable: {exc}", retry_after=5.0) from exc
+        self.pools[pool].notify()
+        await self.store.dlq_purge(selector)
+        await self._audit(actor, "dlq.edit_replay", f"{message_id} ({pool})", {"new_id": new.id}, 1)
+        return new.id
 
     async def audit_list(
         self, *, limit: int = 50, cursor: str | None = None

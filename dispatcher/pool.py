@@ -89,18 +89,19 @@ class Pool:
         self._feed = asyncio.Event()
         self._wake = asyncio.Event()
         self._throttle_changed = asyncio.Event()
+        self._size_window()
 
     # --- sizes ---------------------------------------------------------------------------
-    @property
-    def window_size(self) -> int:
-        return min(1024, max(32, 4 * self.concurrency))
+    def _size_window(self) -> None:
+        # Enough claimed jobs to keep every worker busy through one claim round trip, and
+        # never so many that a pause or a crash strands a large batch. Plain attributes, not
+        # properties: workers read them once per message.
+        self.window_size = min(1024, max(64, 8 * self.concurrency))
+        self._low_water = self.window_size // 2
 
     @property
     def window_length(self) -> int:
         return len(self._window)
-
-    def _low_water(self) -> int:
-        return self.window_size // 2
 
     # --- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -177,6 +178,7 @@ class Pool:
         self._wake_throttled()
         if concurrency != self.concurrency:
             self.concurrency = concurrency
+            self._size_window()
             self._spawn_workers()  # more workers now; surplus ones exit after their attempt
             self._wake.set()
             self.notify()
@@ -213,7 +215,7 @@ class Pool:
             if self._next_at is not None and self._next_at <= now:
                 self._next_at = None
                 self._maybe_ready = True
-            if self.paused or not self._maybe_ready or len(self._window) > self._low_water():
+            if self.paused or not self._maybe_ready or len(self._window) > self._low_water:
                 await self._sleep_until_fed(now)
                 continue
             want = self.window_size - len(self._window)
@@ -260,7 +262,7 @@ class Pool:
                 await self._wake.wait()
                 continue
             job = window.popleft()
-            if len(window) <= self._low_water() and self._maybe_ready:
+            if len(window) <= self._low_water and self._maybe_ready:
                 self._feed.set()
                 # Yield once so the feeder sends its claim while we work on this job.
                 await asyncio.sleep(0)

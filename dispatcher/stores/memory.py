@@ -60,7 +60,8 @@ def contains_ci(haystack: str | None, needle: str) -> bool:
 
 
 def _copy(m: Message) -> Message:
-    return msgspec.structs.replace(m, headers=dict(m.headers))
+    # Message is frozen; only its headers dict could be changed behind the store's back.
+    return msgspec.structs.replace(m, headers=dict(m.headers)) if m.headers else m
 
 
 class _Job:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import resource
 import statistics
 import sys
@@ -45,6 +46,32 @@ def _settings(store_url: str, handler: str, concurrency: int = 64, **pool: Any) 
     )
 
 
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds used so far by each thread of this process, by thread name (Linux /proc).
+    Wall-clock rates swing with whatever else the machine runs; CPU per message does not."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
+def cpu_report(before: dict[str, float], after: dict[str, float], messages: int) -> str:
+    parts = []
+    for name in sorted(after, key=lambda n: -(after[n] - before.get(n, 0.0))):
+        used = after[name] - before.get(name, 0.0)
+        if used >= 0.05:
+            parts.append(f"{name} {used / messages * 1e6:.1f}")
+    return "CPU us/message: " + ", ".join(parts)
+
+
 def _url(store: str, directory: str) -> str:
     return f"sqlite:///{directory}/bench.db" if store == "sqlite" else "memory://"
 
@@ -56,12 +83,15 @@ async def throughput(store: str, messages: int, batch: int) -> float:
         await dispatcher.start()
         handlers.reset(messages)
         payload = b'{"user": 42, "event": "click", "path": "/home"}'
+        cpu_before = thread_cpu()
         started = time.perf_counter()
         for _ in range(messages // batch):
             await dispatcher.publish([Publish("bench.click", payload) for _ in range(batch)])
         published = time.perf_counter()
         await asyncio.wait_for(handlers.state["done"].wait(), timeout=600)
         delivered = time.perf_counter()
+        cpu_after = thread_cpu()
+        commits = getattr(dispatcher.store, "commits", None)
         await dispatcher.stop()
     rate = messages / (delivered - started)
     print(
@@ -69,6 +99,7 @@ async def throughput(store: str, messages: int, batch: int) -> float:
         f"publish {messages / (published - started):,.0f}/s, "
         f"end to end {rate:,.0f} messages/s ({delivered - started:.2f} s)"
     )
+    print(f"  {cpu_report(cpu_before, cpu_after, messages)}; store commits: {commits}")
     return rate
 
 

@@ -1,0 +1,301 @@
+"""The console over real HTTP (aiohttp_client): sessions, CSRF and Origin checks, roles,
+security headers, and every action's effect seen through the Dispatcher."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from dispatcher.app import create_app
+from dispatcher.message import DlqFilter
+from dispatcher.state import DISPATCHER
+from tests.console_kit import ADMIN, OPERATE, PRODUCE, READ, console_settings, csrf_of, dead_letters
+from tests.helpers import Receiver, receiver
+
+Client = TestClient[web.Request, web.Application]
+
+PAGES = [
+    "/console/",
+    "/console/live.json",
+    "/console/pools/email",
+    "/console/dlq",
+    "/console/dlq?pool=email&error=boom",
+    "/console/dlq/email/some-id",
+    "/console/messages",
+    "/console/messages/some-id",
+    "/console/audit",
+    "/console/debug/tasks",
+]
+POSTS = [
+    "/console/pools/email/pause",
+    "/console/pools/email/resume",
+    "/console/pools/email/throttle",
+    "/console/pools/email/reset",
+    "/console/dlq/preview",
+    "/console/dlq/act",
+    "/console/dlq/edit",
+    "/console/logout",
+]
+
+
+@pytest.fixture
+async def rec() -> AsyncIterator[Receiver]:
+    async with receiver() as r:
+        yield r
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, rec: Receiver) -> Client:
+    app = create_app(
+        console_settings(rec.url, console={"trace_url": "https://t.example/{trace_id}"})
+    )
+    c: Client = await aiohttp_client(app)
+    return c
+
+
+def origin(client: Client) -> str:
+    url = client.make_url("/")
+    return f"{url.scheme}://{url.host}:{url.port}"
+
+
+async def login(client: Client, token: str = OPERATE) -> str:
+    """Log in and return the session's CSRF token."""
+    response = await client.post(
+        "/console/login",
+        data={"token": token},
+        headers={"Origin": origin(client)},
+        allow_redirects=False,
+    )
+    assert response.status == 303, await response.text()
+    page = await client.get("/console/")
+    assert page.status == 200
+    return csrf_of(await page.text())
+
+
+async def post(
+    client: Client, path: str, data: dict[str, Any], *, csrf: str | None, source: str | None = ""
+) -> Any:
+    headers = {}
+    if source is not None:
+        headers["Origin"] = source or origin(client)
+    body = dict(data)
+    if csrf is not None:
+        body["csrf_token"] = csrf
+    return await client.post(path, data=body, headers=headers, allow_redirects=False)
+
+
+def dispatcher_of(client: Client) -> Any:
+    return client.app[DISPATCHER]
+
+
+# --- sessions --------------------------------------------------------------------------------
+
+
+async def test_every_page_needs_a_session(client: Client) -> None:
+    for path in PAGES:
+        response = await client.get(path, allow_redirects=False)
+        if path.endswith(".json"):
+            assert response.status == 401, path
+        else:
+            assert response.status == 303, path
+            assert response.headers["Location"].startswith("/console/login?next="), path
+    for path in POSTS:
+        response = await post(client, path, {"op": "replay"}, csrf="forged")
+        assert response.status == 403, path
+    assert not (await dispatcher_of(client).pool_info("email")).paused
+    bare = await client.get("/console", allow_redirects=False)
+    assert bare.headers["Location"] == "/console/"
+
+
+async def test_login_page_has_the_token_field_and_security_headers(client: Client) -> None:
+    response = await client.get("/console/login")
+    html = await response.text()
+    assert response.status == 200
+    assert 'name="token"' in html
+    csp = response.headers["Content-Security-Policy"]
+    assert "unsafe-inline" not in csp and "script-src 'self'" in csp
+    assert "frame-ancestors 'none'" in csp
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["Referrer-Policy"] == "same-origin"
+    assert "<script>" not in html and "style=" not in html  # nothing inline for the CSP to allow
+
+
+async def test_login_cookie_is_hardened_and_rotated(client: Client) -> None:
+    await login(client)
+    first = client.session.cookie_jar.filter_cookies(client.make_url("/console/"))
+    old = first["dispatcher_console"].value
+    response = await client.post(
+        "/console/login",
+        data={"token": OPERATE},
+        headers={"Origin": origin(client)},
+        allow_redirects=False,
+    )
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/console" in cookie
+    assert "Secure" not in cookie  # plain http on loopback; request.secure sets it behind TLS
+    new = response.cookies["dispatcher_console"].value
+    assert new != old
+    # The old id is dead: a client presenting it is sent to the login page.
+    client.session.cookie_jar.clear()
+    for session_id, status in ((old, 303), (new, 200)):
+        response = await client.get(
+            "/console/",
+            headers={"Cookie": f"dispatcher_console={session_id}"},
+            allow_redirects=False,
+        )
+        assert response.status == status
+
+
+async def test_bad_tokens_are_refused_then_rate_limited(client: Client) -> None:
+    for _ in range(5):
+        response = await post(client, "/console/login", {"token": "nope"}, csrf=None)
+        assert response.status == 401
+    locked = await post(client, "/console/login", {"token": OPERATE}, csrf=None)
+    assert locked.status == 429
+    assert int(locked.headers["Retry-After"]) > 0
+
+
+async def test_a_token_without_read_cannot_log_in(client: Client) -> None:
+    response = await post(client, "/console/login", {"token": PRODUCE}, csrf=None)
+    assert response.status == 403
+
+
+async def test_login_from_a_foreign_origin_is_refused(client: Client) -> None:
+    response = await post(
+        client, "/console/login", {"token": OPERATE}, csrf=None, source="https://evil.example"
+    )
+    assert response.status == 403
+    assert "dispatcher_console" not in response.cookies
+
+
+async def test_logout_ends_the_session(client: Client) -> None:
+    csrf = await login(client)
+    response = await post(client, "/console/logout", {}, csrf=csrf)
+    assert response.status == 303
+    after = await client.get("/console/", allow_redirects=False)
+    assert after.status == 303
+
+
+# --- CSRF, Origin and roles -----------------------------------------------------------------
+
+
+async def test_state_changes_need_csrf_and_our_origin(client: Client) -> None:
+    csrf = await login(client)
+    dispatcher = dispatcher_of(client)
+    refused = [
+        await post(client, "/console/pools/email/pause", {}, csrf=None),
+        await post(client, "/console/pools/email/pause", {}, csrf="not-the-token"),
+        await post(
+            client, "/console/pools/email/pause", {}, csrf=csrf, source="https://evil.example"
+        ),
+        await post(client, "/console/pools/email/pause", {}, csrf=csrf, source="null"),
+        await post(client, "/console/pools/email/pause", {}, csrf=csrf, source=None),
+    ]
+    assert [r.status for r in refused] == [403] * 5
+    assert not (await dispatcher.pool_info("email")).paused
+    assert (await dispatcher.audit_list())[0] == []
+    ok = await post(client, "/console/pools/email/pause", {}, csrf=csrf)
+    assert ok.status == 303
+    assert (await dispatcher.pool_info("email")).paused
+
+
+async def test_a_read_token_cannot_pause_replay_or_purge(client: Client, rec: Receiver) -> None:
+    dispatcher = dispatcher_of(client)
+    rec.script = refuse
+    await dead_letters(dispatcher, [("user.signup", b'{"n": 1}')])
+    csrf = await login(client, READ)
+    overview = await (await client.get("/console/")).text()
+    assert 'data-action="pause"' not in overview
+    selection = {"scope": "filter", "pool": "email"}
+    for path, data in [
+        ("/console/pools/email/pause", {}),
+        ("/console/pools/email/throttle", {"rate": "1"}),
+        ("/console/pools/email/reset", {}),
+        ("/console/dlq/preview", {"op": "replay", **selection}),
+        ("/console/dlq/act", {"op": "replay", **selection}),
+        ("/console/dlq/act", {"op": "purge", **selection}),
+    ]:
+        response = await post(client, path, data, csrf=csrf)
+        assert response.status == 403, path
+    info = await dispatcher.pool_info("email")
+    assert not info.paused and info.rate is None
+    assert await dispatcher.dlq_count(DlqFilter()) == 1
+    assert (await dispatcher.audit_list())[0] == []
+
+
+def refuse(name: str, n: int) -> int:
+    return 400  # a permanent failure: straight to the DLQ
+
+
+async def test_admin_sees_tasks_and_operate_does_not(client: Client) -> None:
+    await login(client, OPERATE)
+    page = await (await client.get("/console/")).text()
+    assert "/console/debug/tasks" not in page
+    assert (await client.get("/console/debug/tasks")).status == 403
+    await login(client, ADMIN)
+    page = await (await client.get("/console/")).text()
+    assert "/console/debug/tasks" in page
+    tasks = await client.get("/console/debug/tasks")
+    assert tasks.status == 200
+    assert "console:sampler" in await tasks.text()
+
+
+# --- pools ---------------------------------------------------------------------------------
+
+
+async def test_pause_throttle_and_reset_apply_at_once_and_show_who(client: Client) -> None:
+    csrf = await login(client)
+    dispatcher = dispatcher_of(client)
+    await post(client, "/console/pools/sms/pause", {}, csrf=csrf)
+    assert (await dispatcher.pool_info("sms")).paused
+    response = await post(
+        client,
+        "/console/pools/sms/throttle",
+        {"rate": "2.5", "burst": "3", "concurrency": "2"},
+        csrf=csrf,
+    )
+    assert response.headers["Location"] == "/console/pools/sms"
+    info = await dispatcher.pool_info("sms")
+    assert (info.rate, info.burst, info.concurrency) == (2.5, 3, 2)
+    page = await (await client.get("/console/pools/sms")).text()
+    assert 'data-pool="sms"' in page and "alice" in page and "throttle" in page
+    overview = await (await client.get("/console/")).text()
+    assert "paused" in overview and 'data-pool="sms"' in overview
+    await post(client, "/console/pools/sms/reset", {}, csrf=csrf)
+    info = await dispatcher.pool_info("sms")
+    assert (info.paused, info.rate, info.burst, info.concurrency) == (False, 50, 10, 8)
+    actions = [e.action for e in (await dispatcher.audit_list())[0]]
+    assert actions == ["pool.reset", "pool.update", "pool.update"]
+
+
+async def test_bad_throttle_values_change_nothing(client: Client) -> None:
+    csrf = await login(client)
+    dispatcher = dispatcher_of(client)
+    for data in ({"rate": "-1"}, {"rate": "nan"}, {"concurrency": "0"}, {"burst": "1.5"}, {}):
+        response = await post(client, "/console/pools/sms/throttle", data, csrf=csrf)
+        assert response.status == 303
+    info = await dispatcher.pool_info("sms")
+    assert (info.rate, info.concurrency) == (50, 8)
+    page = await (await client.get("/console/pools/sms")).text()
+    assert "flash error" in page
+
+
+async def test_unknown_pool_is_a_404_page(client: Client) -> None:
+    csrf = await login(client)
+    assert (await client.get("/console/pools/nope")).status == 404
+    assert (await post(client, "/console/pools/nope/pause", {}, csrf=csrf)).status == 404
+
+
+async def test_live_json_reports_every_pool_with_rates(client: Client, rec: Receiver) -> None:
+    await login(client)
+    dispatcher = dispatcher_of(client)
+    await dead_letters(dispatcher, [])
+    data = await (await client.get("/console/live.json")).json()
+    assert [p["name"] for p in data["pools"]] == ["email", "sms"]
+    assert {"state", "backlog", "busy", "throughput", "failure", "spark_delivered"} <= set(
+        data["pools"][0]
+    )
