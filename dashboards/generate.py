@@ -73,6 +73,7 @@ class Panel:
     height: int = 8
     stack: bool = False
     thresholds: tuple[float, ...] = ()  # drawn as dashed lines on a time series
+    show_name: bool = False  # a stat panel whose series name (legend) is the information
 
 
 @dataclass(frozen=True)
@@ -528,6 +529,7 @@ RUNTIME = Dashboard(
                     ),
                     "Instances per version and store backend.",
                     kind="stat",
+                    show_name=True,
                 ),
             ),
         ),
@@ -698,7 +700,7 @@ def _options(panel: Panel) -> dict[str, Any]:
             "graphMode": "area",
             "justifyMode": "auto",
             "orientation": "auto",
-            "textMode": "auto",
+            "textMode": "value_and_name" if panel.show_name else "auto",
         }
     if panel.kind == "heatmap":
         return {
