@@ -26,8 +26,8 @@ from dispatcher.auth import requires
 from dispatcher.state import DISPATCHER
 
 from . import debug, dlq, fmt, login, messages, pools
-from .sampler import Sampler
 from .core import CONSOLE, PREFIX, Console, middleware
+from .sampler import Sampler
 
 __all__ = ["CONSOLE", "Console", "setup"]
 

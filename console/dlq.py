@@ -20,8 +20,8 @@ from aiohttp import web
 from dispatcher.message import DlqFilter
 
 from . import fmt
-from .fingerprint import group_entries
 from .core import PREFIX, dispatcher_of, form_list, form_of, render, require, route
+from .fingerprint import group_entries
 
 PAGE = 50
 GROUP_SAMPLE = 500  # latest matching entries grouped by fingerprint on the first page

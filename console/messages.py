@@ -12,8 +12,8 @@ from aiohttp import web
 from dispatcher.message import Attempt, JobStatus, MessageStatus, State
 
 from . import fmt
-from .dlq import trace_url
 from .core import PREFIX, dispatcher_of, render, route
+from .dlq import trace_url
 
 REPLAY_OF = "dispatcher-replay-of"  # header set by Dispatcher.dlq_replay_edited
 

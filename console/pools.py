@@ -11,8 +11,8 @@ from dispatcher.dispatcher import Dispatcher, PoolInfo
 from dispatcher.message import AuditEntry
 
 from . import fmt
-from .sampler import Sampler, sparkline
 from .core import PREFIX, console_of, dispatcher_of, form_of, render, require, route
+from .sampler import Sampler, sparkline
 
 AUDIT_SCAN = 500  # audit entries searched for "who set this"; older changes show no author
 _THROTTLES = ("rate", "burst", "concurrency")

@@ -11,10 +11,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from dispatcher.app import create_app
+from dispatcher.dispatcher import Publish
 from dispatcher.message import DlqFilter
 from dispatcher.state import DISPATCHER
 from tests.console_kit import ADMIN, OPERATE, PRODUCE, READ, console_settings, csrf_of, dead_letters
-from tests.helpers import Receiver, receiver
+from tests.helpers import Receiver, eventually, receiver
 
 Client = TestClient[web.Request, web.Application]
 
@@ -117,11 +118,13 @@ async def test_login_page_has_the_token_field_and_security_headers(client: Clien
     assert response.status == 200
     assert 'name="token"' in html
     csp = response.headers["Content-Security-Policy"]
-    assert "unsafe-inline" not in csp and "script-src 'self'" in csp
+    assert "unsafe-inline" not in csp
+    assert "script-src 'self'" in csp
     assert "frame-ancestors 'none'" in csp
     assert response.headers["X-Frame-Options"] == "DENY"
     assert response.headers["Referrer-Policy"] == "same-origin"
-    assert "<script>" not in html and "style=" not in html  # nothing inline for the CSP to allow
+    assert "<script>" not in html
+    assert "style=" not in html
 
 
 async def test_login_cookie_is_hardened_and_rotated(client: Client) -> None:
@@ -135,7 +138,9 @@ async def test_login_cookie_is_hardened_and_rotated(client: Client) -> None:
         allow_redirects=False,
     )
     cookie = response.headers["Set-Cookie"]
-    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/console" in cookie
+    assert "HttpOnly" in cookie
+    assert "SameSite=Strict" in cookie
+    assert "Path=/console" in cookie
     assert "Secure" not in cookie  # plain http on loopback; request.secure sets it behind TLS
     new = response.cookies["dispatcher_console"].value
     assert new != old
@@ -222,7 +227,8 @@ async def test_a_read_token_cannot_pause_replay_or_purge(client: Client, rec: Re
         response = await post(client, path, data, csrf=csrf)
         assert response.status == 403, path
     info = await dispatcher.pool_info("email")
-    assert not info.paused and info.rate is None
+    assert not info.paused
+    assert info.rate is None
     assert await dispatcher.dlq_count(DlqFilter()) == 1
     assert (await dispatcher.audit_list())[0] == []
 
@@ -262,9 +268,12 @@ async def test_pause_throttle_and_reset_apply_at_once_and_show_who(client: Clien
     info = await dispatcher.pool_info("sms")
     assert (info.rate, info.burst, info.concurrency) == (2.5, 3, 2)
     page = await (await client.get("/console/pools/sms")).text()
-    assert 'data-pool="sms"' in page and "alice" in page and "throttle" in page
+    assert 'data-pool="sms"' in page
+    assert "alice" in page
+    assert "throttle" in page
     overview = await (await client.get("/console/")).text()
-    assert "paused" in overview and 'data-pool="sms"' in overview
+    assert "paused" in overview
+    assert 'data-pool="sms"' in overview
     await post(client, "/console/pools/sms/reset", {}, csrf=csrf)
     info = await dispatcher.pool_info("sms")
     assert (info.paused, info.rate, info.burst, info.concurrency) == (False, 50, 10, 8)
@@ -299,3 +308,152 @@ async def test_live_json_reports_every_pool_with_rates(client: Client, rec: Rece
     assert {"state", "backlog", "busy", "throughput", "failure", "spark_delivered"} <= set(
         data["pools"][0]
     )
+
+
+# --- DLQ -----------------------------------------------------------------------------------
+
+
+async def test_dlq_filter_groups_dry_run_then_purge(client: Client, rec: Receiver) -> None:
+    dispatcher = dispatcher_of(client)
+    rec.script = refuse
+    await dead_letters(dispatcher, [("user.signup", b'{"n": %d}' % i) for i in range(3)])
+    await dead_letters(dispatcher, [("sms.sent", b"{}")], pool="sms")
+    csrf = await login(client)
+    page = await (await client.get("/console/dlq?pool=email")).text()
+    assert "3 matching" in page
+    assert "By error" in page
+    assert "HTTP" in page
+    preview = await post(
+        client,
+        "/console/dlq/preview",
+        {"op": "purge", "scope": "filter", "pool": "email"},
+        csrf=csrf,
+    )
+    confirm = await preview.text()
+    assert preview.status == 200
+    assert 'data-dry-run-count="3"' in confirm
+    assert 'data-action="purge"' in confirm
+    assert await dispatcher.dlq_count(DlqFilter()) == 4  # a dry run changes nothing
+    done = await post(
+        client, "/console/dlq/act", {"op": "purge", "scope": "filter", "pool": "email"}, csrf=csrf
+    )
+    assert done.status == 303
+    assert done.headers["Location"] == "/console/dlq?pool=email"
+    assert await dispatcher.dlq_count(DlqFilter(pool="email")) == 0
+    assert await dispatcher.dlq_count(DlqFilter(pool="sms")) == 1
+    (entry, *_), _ = await dispatcher.audit_list()
+    assert (entry.actor, entry.action, entry.count) == ("alice", "dlq.purge", 3)
+    flash = await (await client.get("/console/dlq?pool=email")).text()
+    assert "Purged 3 messages" in flash
+
+
+async def test_replay_selected_reaches_the_sink(client: Client, rec: Receiver) -> None:
+    dispatcher = dispatcher_of(client)
+    rec.script = refuse
+    ids = await dead_letters(dispatcher, [("user.a", b'{"a": 1}'), ("user.b", b'{"b": 2}')])
+    rec.script = None  # the downstream recovered
+    csrf = await login(client)
+    selection = {"op": "replay", "scope": "selected", "sel": f"email:{ids[0]}"}
+    confirm = await (await post(client, "/console/dlq/preview", selection, csrf=csrf)).text()
+    assert 'data-dry-run-count="1"' in confirm
+    await post(client, "/console/dlq/act", {**selection, "rate": "100"}, csrf=csrf)
+    await rec.wait_for(3)
+    assert rec.requests[-1].body == b'{"a": 1}'
+    assert rec.requests[-1].headers["webhook-id"] == ids[0]
+    assert await dispatcher.dlq_count(DlqFilter()) == 1
+    timeline = await (await client.get(f"/console/messages/{ids[0]}")).text()
+    assert "Replayed by an operator" in timeline
+    assert "Delivered" in timeline
+    assert "HTTP 400" in timeline or "400" in timeline
+
+
+async def test_bad_replay_rate_replays_nothing(client: Client, rec: Receiver) -> None:
+    dispatcher = dispatcher_of(client)
+    rec.script = refuse
+    await dead_letters(dispatcher, [("user.a", b"{}")])
+    csrf = await login(client)
+    for rate in ("0", "-3", "fast"):
+        data = {"op": "replay", "scope": "filter", "rate": rate}
+        assert (await post(client, "/console/dlq/act", data, csrf=csrf)).status == 303
+    assert await dispatcher.dlq_count(DlqFilter()) == 1
+
+
+async def test_edit_payload_then_replay(client: Client, rec: Receiver) -> None:
+    dispatcher = dispatcher_of(client)
+    rec.script = refuse
+    (old,) = await dead_letters(dispatcher, [("user.a", b'{"email": "bad@"}')])
+    rec.script = None
+    csrf = await login(client)
+    form = {"pool": "email", "id": old}
+    for bad in ('{"a": 1', '{"a": 1, "a": 2}', '{"a": NaN}', ""):
+        response = await post(client, "/console/dlq/edit", {**form, "payload": bad}, csrf=csrf)
+        assert response.headers["Location"] == f"/console/dlq/email/{old}"
+    assert await dispatcher.dlq_count(DlqFilter()) == 1
+    fixed = '{"email": "ok@example.com"}'
+    response = await post(client, "/console/dlq/edit", {**form, "payload": fixed}, csrf=csrf)
+    new_id = response.headers["Location"].rsplit("/", 1)[1]
+    assert new_id != old
+    await rec.wait_for(2)
+    assert rec.requests[-1].body == fixed.encode()
+    assert await dispatcher.dlq_count(DlqFilter()) == 0
+    status = await dispatcher.get_message(new_id)
+    assert status.message.headers["dispatcher-replay-of"] == old
+    page = await (await client.get(f"/console/messages/{new_id}")).text()
+    assert "Replay of" in page
+    assert old in page
+    (entry, *_), _ = await dispatcher.audit_list()
+    assert (entry.action, entry.detail) == ("dlq.edit_replay", {"new_id": new_id})
+
+
+async def test_payload_markup_is_only_text(client: Client, rec: Receiver) -> None:
+    dispatcher = dispatcher_of(client)
+    rec.script = refuse
+    evil = b'{"x": "<script>alert(1)</script><img src=x onerror=alert(2)>"}'
+    (mid,) = await dead_letters(dispatcher, [("user.evil", evil)])
+    await login(client)
+    for path in (f"/console/dlq/email/{mid}", "/console/dlq", f"/console/messages/{mid}"):
+        html = await (await client.get(path)).text()
+        assert "<script>alert" not in html, path
+        assert "<img src=x" not in html, path
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html, path
+
+
+async def test_message_search_and_trace_link(client: Client, rec: Receiver) -> None:
+    dispatcher = dispatcher_of(client)
+    rec.script = refuse
+    trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    accepted = await dispatcher.publish([Publish(tag="user.t", payload=b"{}", trace=trace)])
+    await eventually(lambda: dispatcher.dlq_count(DlqFilter()))
+    await login(client)
+    found = await client.get(f"/console/messages?id={accepted[0].id}", allow_redirects=False)
+    assert found.headers["Location"] == f"/console/messages/{accepted[0].id}"
+    page = await (await client.get(found.headers["Location"])).text()
+    assert "https://t.example/0af7651916cd43dd8448eb211c80319c" in page
+    assert "Dead-lettered" in page
+    assert "Attempt 1" in page
+    missing = await client.get("/console/messages/nope")
+    assert missing.status == 404
+    assert "No message with id" in await missing.text()
+
+
+async def test_pages_render_for_a_read_token(client: Client, rec: Receiver) -> None:
+    dispatcher = dispatcher_of(client)
+    rec.script = refuse
+    (mid,) = await dead_letters(dispatcher, [("user.a", b"not json <b>")])
+    await login(client, READ)
+    for path in (
+        "/console/",
+        "/console/pools/email",
+        "/console/dlq",
+        "/console/dlq?window=1h&error=400",
+        f"/console/dlq/email/{mid}",
+        f"/console/messages/{mid}",
+        "/console/messages",
+        "/console/audit",
+    ):
+        response = await client.get(path)
+        assert response.status == 200, path
+        html = await response.text()
+        assert 'data-action="replay"' not in html
+        assert 'data-action="purge"' not in html
+        assert response.headers["X-Frame-Options"] == "DENY"
