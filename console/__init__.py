@@ -61,6 +61,7 @@ def setup(app: web.Application, *, sample_interval: float = 2.0) -> web.Applicat
     r.add_post("/pools/{name}/throttle", pools.throttle)
     r.add_post("/pools/{name}/reset", pools.reset)
     r.add_get("/dlq", dlq.browse)
+    r.add_get("/dlq/count.json", dlq.count)
     r.add_post("/dlq/preview", dlq.preview)
     r.add_post("/dlq/act", dlq.act)
     r.add_post("/dlq/edit", dlq.edit)

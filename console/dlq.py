@@ -17,14 +17,14 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from dispatcher.message import DlqFilter
+from dispatcher.message import DlqEntry, DlqFilter
 
 from . import fmt
 from .core import PREFIX, dispatcher_of, form_list, form_of, render, require, route
-from .fingerprint import group_entries
+from .fingerprint import Group, group_entries
 
 PAGE = 50
-GROUP_SAMPLE = 500  # latest matching entries grouped by fingerprint on the first page
+GROUP_SAMPLE = 500  # latest matching entries grouped by fingerprint (view=groups)
 MAX_SELECTED = 1000
 WINDOWS = {"15m": 900, "1h": 3600, "6h": 21600, "24h": 86400, "7d": 604800}
 
@@ -72,24 +72,37 @@ def dlq_url(selector: DlqFilter | None = None) -> str:
     return f"{PREFIX}/dlq" + (f"?{urlencode(fields)}" if fields else "")
 
 
+def costly(selector: DlqFilter) -> bool:
+    """Counting by tag or error text scans every dead entry; the page then leaves the count
+    to count.json, so it renders fast however big the DLQ is."""
+    return selector.tag is not None or selector.error is not None
+
+
 @route
 async def browse(request: web.Request) -> web.StreamResponse:
+    """The entries matching a filter, a page at a time, or (view=groups) the latest
+    GROUP_SAMPLE of them grouped by error fingerprint."""
     dispatcher = dispatcher_of(request)
     pools = dispatcher.pool_names()
     selector = parse_filter(request.query, pools)
+    fields = filter_fields(selector)
+    grouped = request.query.get("view") == "groups"
     cursor = request.query.get("cursor") or None
+    entries: list[DlqEntry] = []
+    groups: list[Group] = []
+    next_cursor: str | None = None
+    sampled = 0
     try:
-        entries, next_cursor = await dispatcher.dlq_list(selector, limit=PAGE, cursor=cursor)
+        if grouped:
+            sample, _ = await dispatcher.dlq_list(selector, limit=GROUP_SAMPLE)
+            sampled = len(sample)
+            groups = group_entries(sample)
+        else:
+            entries, next_cursor = await dispatcher.dlq_list(selector, limit=PAGE, cursor=cursor)
     except ValueError:
         raise web.HTTPBadRequest(text="that page link is no longer valid") from None
-    total = await dispatcher.dlq_count(selector)
-    groups = []
-    sampled = 0
-    if cursor is None and total:
-        sample, _ = await dispatcher.dlq_list(selector, limit=GROUP_SAMPLE)
-        sampled = len(sample)
-        groups = group_entries(sample)[:20]
-    fields = filter_fields(selector)
+    total = None if costly(selector) else await dispatcher.dlq_count(selector)
+    query = urlencode(fields)
     context = {
         "pools": pools,
         "selector": selector,
@@ -97,17 +110,29 @@ async def browse(request: web.Request) -> web.StreamResponse:
         "window": request.query.get("window", ""),
         "windows": list(WINDOWS),
         "described": describe(selector),
+        "grouped": grouped,
         "entries": entries,
         "total": total,
+        "count_url": f"{PREFIX}/dlq/count.json?{query}",
+        "list_url": dlq_url(selector),
+        "groups_url": f"{PREFIX}/dlq?{urlencode({**fields, 'view': 'groups'})}",
         "groups": groups,
         "sampled": sampled,
+        "group_sample": GROUP_SAMPLE,
         "next_url": f"{PREFIX}/dlq?{urlencode({**fields, 'cursor': next_cursor})}"
         if next_cursor
         else None,
         "first_url": dlq_url(selector) if cursor else None,
-        "here": request.path_qs,
     }
     return render(request, "dlq.html", context)
+
+
+@route
+async def count(request: web.Request) -> web.StreamResponse:
+    dispatcher = dispatcher_of(request)
+    selector = parse_filter(request.query, dispatcher.pool_names())
+    n = await dispatcher.dlq_count(selector)
+    return web.json_response({"count": n, "text": fmt.number(n)})
 
 
 @route

@@ -23,7 +23,7 @@ _VARIABLE = re.compile(
     | \b[0-9a-fA-F]{16,}\b                   # long hex ids (ours are 26 digits)
     | \b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b   # IPv4 with optional port
     | "[^"]{0,80}" | '[^']{0,80}'            # quoted values
-    | \d+(?:\.\d+)?                          # numbers
+    | (?<!HTTP\ )(?<!status\ )\b\d+(?:\.\d+)?  # numbers, but not HTTP status codes
     """,
     re.VERBOSE,
 )

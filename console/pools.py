@@ -184,7 +184,14 @@ async def throttle(request: web.Request) -> web.StreamResponse:
     except ValueError as exc:
         session.flash(str(exc), "error")
         raise web.HTTPSeeOther(_pool_url(name)) from None
-    await dispatcher_of(request).update_pool(name, actor=session.user, **changes)
+    dispatcher = dispatcher_of(request)
+    info = await dispatcher.pool_info(name)
+    # The form sends every field; audit (and "set by") only what the operator changed.
+    changes = {k: v for k, v in changes.items() if getattr(info, k) != v}
+    if not changes:
+        session.flash(f"Pool {name}: nothing changed.")
+        raise web.HTTPSeeOther(_pool_url(name))
+    await dispatcher.update_pool(name, actor=session.user, **changes)
     shown = ", ".join(f"{k} {'unlimited' if v is None else v}" for k, v in changes.items())
     session.flash(f"Pool {name}: {shown}.")
     raise web.HTTPSeeOther(_pool_url(name))

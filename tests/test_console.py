@@ -321,8 +321,11 @@ async def test_dlq_filter_groups_dry_run_then_purge(client: Client, rec: Receive
     csrf = await login(client)
     page = await (await client.get("/console/dlq?pool=email")).text()
     assert "3 matching" in page
-    assert "By error" in page
-    assert "HTTP" in page
+    groups = await (await client.get("/console/dlq?pool=email&view=groups")).text()
+    assert "HTTP 400" in groups  # one fingerprint group for the 400s
+    assert "All 3 matching entries" in groups
+    counted = await (await client.get("/console/dlq/count.json?tag=user.signup")).json()
+    assert counted["count"] == 3
     preview = await post(
         client,
         "/console/dlq/preview",

@@ -54,6 +54,17 @@
     setTimeout(poll, every);
   }
 
+  // --- DLQ: counts that take a scan (tag or error text) arrive after the page --------------
+  document.querySelectorAll("[data-count-url]").forEach(async (el) => {
+    try {
+      const res = await fetch(el.getAttribute("data-count-url"), { credentials: "same-origin" });
+      if (!res.ok) throw new Error(String(res.status));
+      el.textContent = (await res.json()).text;
+    } catch (e) {
+      el.textContent = "some";
+    }
+  });
+
   // --- DLQ: "select all" checkbox -----------------------------------------------------------
   const all = document.querySelector("[data-select-all]");
   if (all) {
