@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from . import api
+from . import api, observability
 from .auth import Authenticator
 from .config import Settings
 from .dispatcher import Dispatcher
@@ -79,6 +79,7 @@ def create_app(
     app[AUTH] = authenticator or Authenticator(settings.auth, os.environ)
     app.cleanup_ctx.append(_run_dispatcher)
     api.add_routes(app)
+    observability.setup(app)  # /metrics, /debug/tasks; request metrics and SERVER spans
     __import__("console").setup(app)  # the edge mounts the console; the core never imports it
     return app
 

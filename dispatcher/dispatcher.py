@@ -17,10 +17,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
+from opentelemetry.trace import TracerProvider
 
 from .acker import Acker
 from .config import PoolConfig, Settings
 from .errors import BacklogFull, NotFound, StoreError, Unavailable, Unroutable
+from .logs import LogContextMiddleware
 from .message import (
     AuditEntry,
     Completion,
@@ -32,12 +34,15 @@ from .message import (
     NewMessage,
     PoolCounts,
 )
+from .metrics import STORE_OPERATIONS, Metrics
 from .middleware import Chain, Middleware
 from .pool import Pool
 from .routing import Router
 from .sinks import SinkContext, build_sink
 from .sinks.base import Sink
 from .stores import Store, open_store
+from .stores.instrumented import InstrumentedStore
+from .tracing import Tracing
 
 log = logging.getLogger("dispatcher")
 
@@ -93,6 +98,8 @@ class Dispatcher:
         middleware: Sequence[Middleware] = (),
         clock: Callable[[], float] = time.time,
         random: Callable[[], float] = _random.random,
+        observability: bool = True,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.settings = settings
         self.store = store or open_store(settings.store.url, synchronous=settings.store.synchronous)
@@ -112,6 +119,19 @@ class Dispatcher:
         self.draining = False
         self.started = False
         self._disk_low = False
+        # Metrics, traces and log context wrap each delivery as middleware, outermost first
+        # (the span is current for log records and metric exemplars); `observability=False`
+        # leaves the engine bare (the overhead benchmark's baseline).
+        self._observe = observability
+        self.metrics = Metrics(settings, self, store_kind=self.store.kind)
+        self.tracing = Tracing(tracer_provider, enabled=observability)
+        if observability:
+            self.store = InstrumentedStore(self.store, self.metrics.store_seconds, STORE_OPERATIONS)
+            observers: list[Middleware] = [LogContextMiddleware(), self.metrics.middleware]
+            if self.tracing.live:
+                observers.insert(0, self.tracing.middleware)
+                self.metrics.middleware.exemplars = True
+            self._middleware[:0] = observers
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -147,6 +167,8 @@ class Dispatcher:
         for pool in self.pools.values():
             pool.start()
         self._housekeeper = asyncio.create_task(self._housekeep(), name="housekeeping")
+        if self._observe:
+            self.metrics.start()
         self.started = True
 
     async def stop(self, grace: float | None = None) -> None:
@@ -181,6 +203,8 @@ class Dispatcher:
                 log.exception("closing a sink failed")
         await self.sink_context.close()
         await self.store.close()
+        if self._observe:
+            await self.metrics.stop()
         self.started = False
 
     async def ready(self) -> bool:
@@ -194,6 +218,13 @@ class Dispatcher:
 
     # --- ingest --------------------------------------------------------------------------
     async def publish(self, items: Sequence[Publish]) -> list[Accepted]:
+        """Route, check capacity and commit `items` all-or-nothing (see `_publish`); traced
+        with a PRODUCER span per message when a tracer provider records."""
+        if self.tracing.live:
+            return await self.tracing.traced_publish(self._publish, items)
+        return await self._publish(items)
+
+    async def _publish(self, items: Sequence[Publish]) -> list[Accepted]:
         """Route, check capacity and commit `items` all-or-nothing. Returns when durable.
 
         Raises Unroutable (no route for a tag), BacklogFull (a pool is full) or Unavailable
@@ -237,6 +268,8 @@ class Dispatcher:
             results.append(Accepted(new.message.id, new.message.tag, new.pools, not fresh))
         for pool in wanted:
             self.pools[pool].notify()
+        if self._observe:
+            self.metrics.published(wanted, results)
         return results
 
     def _reserve(self, wanted: Mapping[str, int]) -> None:
@@ -400,6 +433,7 @@ class Dispatcher:
             return await self.store.dlq_count(selector)
         interval = 1.0 / rate if rate else 0.0
         replayed = await self.store.dlq_replay(selector, self._clock(), interval)
+        self.metrics.dlq_replayed(replayed)
         for pool, n in replayed.items():
             if pool in self._outstanding:
                 self._outstanding[pool] += n
@@ -414,6 +448,7 @@ class Dispatcher:
         if dry_run:
             return await self.store.dlq_count(selector)
         purged = await self.store.dlq_purge(selector)
+        self.metrics.dlq_purged(purged)
         total = sum(purged.values())
         await self._audit(actor, "dlq.purge", _describe(selector), {}, total)
         return total

@@ -1,0 +1,130 @@
+"""The HTTP side of observability: `/metrics`, `/debug/tasks`, and two aiohttp middlewares.
+
+`setup(app)` is the one call `create_app` makes. It puts `observe_request` outermost, so it
+sees the final status of every request (after the error and auth middlewares answered):
+it counts `dispatcher_http_requests_total{handler,method,code}`, where `handler` is the
+route's canonical path (`/v1/messages/{id}`, never the raw path: bounded), and, when a
+tracer provider records, runs the request in a SERVER span continuing the caller's
+`traceparent`. `count_rejections` goes innermost, next to the handlers, where a refused
+message is still an exception that says why (`Rejected.reason`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from . import debug
+from .auth import requires
+from .errors import Rejected
+from .metrics import Metrics
+from .state import DISPATCHER
+from .tracing import Tracing, context_from
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED = "unmatched"  # the handler label of requests no route matched (404, 405)
+
+
+def setup(app: web.Application) -> None:
+    dispatcher = app[DISPATCHER]
+    app.middlewares.insert(0, _observe_request(dispatcher.metrics, dispatcher.tracing))
+    app.middlewares.append(_count_rejections(dispatcher.metrics))
+    app.router.add_get("/metrics", _metrics_handler(dispatcher.metrics))
+    app.router.add_get("/debug/tasks", debug.tasks)
+
+
+def _metrics_handler(metrics: Metrics) -> Handler:
+    serve = make_aiohttp_handler(metrics.registry)
+
+    @requires(None)
+    async def handle_metrics(request: web.Request) -> web.StreamResponse:
+        # The collector reads a snapshot: take it here, asynchronously, then let
+        # prometheus_client render on the loop (content negotiation: OpenMetrics when the
+        # scraper asks for it, which is what carries exemplars).
+        await metrics.refresh()
+        return await serve(request)
+
+    return handle_metrics
+
+
+def route_of(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else UNMATCHED
+
+
+def _observe_request(metrics: Metrics, tracing: Tracing) -> Middleware:
+    requests = metrics.http_requests
+
+    @web.middleware
+    async def observe_request(request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = route_of(request)
+        method = request.method if request.method in METHODS else "other"
+        code = 500
+        try:
+            if tracing.live:
+                response = await _traced(tracing, request, handler, route, method)
+            else:
+                response = await handler(request)
+            code = response.status
+            return response
+        except web.HTTPException as exc:
+            code = exc.status
+            raise
+        finally:
+            requests.labels(route, method, str(code)).inc()
+            if code in (401, 403) and _scope(request) == "produce":
+                metrics.reject("unauthorized")
+
+    return observe_request
+
+
+async def _traced(
+    tracing: Tracing, request: web.Request, handler: Handler, route: str, method: str
+) -> web.StreamResponse:
+    with tracing.tracer.start_as_current_span(
+        f"{method} {route}",
+        context=context_from(request.headers.get("traceparent")),
+        kind=SpanKind.SERVER,
+        attributes={
+            "http.request.method": method,
+            "http.route": route,
+            "url.path": request.path,
+            "url.scheme": request.scheme,
+        },
+    ) as span:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            span.set_attribute("http.response.status_code", exc.status)
+            raise
+        span.set_attribute("http.response.status_code", response.status)
+        if response.status >= 500:
+            span.set_status(Status(StatusCode.ERROR))
+        return response
+
+
+def _scope(request: web.Request) -> str | None:
+    scope: str | None = getattr(request.match_info.handler, "__scope__", None)
+    return scope
+
+
+def _count_rejections(metrics: Metrics) -> Middleware:
+    @web.middleware
+    async def count_rejections(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if _scope(request) != "produce":
+            return await handler(request)
+        try:
+            return await handler(request)
+        except Rejected as exc:
+            metrics.reject(exc.reason)
+            raise
+        except web.HTTPRequestEntityTooLarge:
+            metrics.reject("too_large")
+            raise
+
+    return count_rejections

@@ -1,0 +1,181 @@
+"""OpenTelemetry traces, with the API only at run time (the SDK is the `otel` extra).
+
+    incoming traceparent ─▶ SERVER "POST /v1/messages" ─▶ PRODUCER "send <tag>"
+                                                              │ stored as Message.trace
+                     CONSUMER "process <pool>" (attempt n) ◀──┘ child of it, and linked to it
+                                   │ traceparent header
+                                   ▼ webhook
+
+The creation context (the PRODUCER span's traceparent) is stored with the message, so every
+attempt, retry and DLQ replay of it stays in the trace it was created in: a replayed
+message's attempts are children of, and link to, the original creation context.
+
+Without an SDK tracer provider nothing is recorded, and `Tracing.live` is False: the
+dispatcher then skips span work entirely (the hot path pays one attribute check) and the
+message keeps the producer's own traceparent, which the webhook sink forwards as is; so the
+trace id still travels from the producer to the receiver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from contextvars import Token
+from typing import TYPE_CHECKING
+
+import msgspec
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from . import __version__
+from .message import Completion, Job, Outcome
+from .middleware import Middleware
+from .sinks.webhook import current_traceparent
+
+if TYPE_CHECKING:
+    from .dispatcher import Accepted, Publish
+
+SYSTEM = "dispatcher"  # messaging.system
+_propagator = TraceContextTextMapPropagator()
+
+
+def traceparent_of(span: Span) -> str:
+    sc = span.get_span_context()
+    return f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{sc.trace_flags:02x}"
+
+
+def context_from(traceparent: str | None) -> otel_context.Context | None:
+    """The remote context a W3C traceparent names; None if absent or invalid."""
+    if not traceparent:
+        return None
+    ctx = _propagator.extract({"traceparent": traceparent})
+    return ctx if trace.get_current_span(ctx).get_span_context().is_valid else None
+
+
+def is_live(provider: TracerProvider) -> bool:
+    """False for the API's default providers, which record nothing."""
+    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
+class Tracing:
+    """The tracer of one Dispatcher. `provider` defaults to the global one as it is at
+    construction time (the CLI configures the SDK before building the Dispatcher)."""
+
+    def __init__(self, provider: TracerProvider | None = None, *, enabled: bool = True) -> None:
+        provider = provider or trace.get_tracer_provider()
+        self.live = enabled and is_live(provider)
+        self.tracer = provider.get_tracer("dispatcher", __version__)
+        self.middleware = TracingMiddleware(self)
+
+    async def traced_publish(
+        self,
+        publish: Callable[[Sequence[Publish]], Awaitable[list[Accepted]]],
+        items: Sequence[Publish],
+    ) -> list[Accepted]:
+        """`publish(items)` with a PRODUCER `send <tag>` span per message, whose context
+        becomes the message's creation context (Message.trace)."""
+        spans = [self._start_send(item) for item in items]
+        traced = [
+            msgspec.structs.replace(item, trace=traceparent_of(span))
+            for item, span in zip(items, spans, strict=True)
+        ]
+        try:
+            results = await publish(traced)
+        except BaseException as exc:
+            for span in spans:
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                span.set_attribute("error.type", getattr(exc, "reason", type(exc).__name__))
+                span.end()
+            raise
+        for span, accepted in zip(spans, results, strict=True):
+            span.set_attribute("messaging.message.id", accepted.id)
+            if accepted.duplicate:
+                span.set_attribute("dispatcher.duplicate", True)
+            span.end()
+        return results
+
+    def _start_send(self, item: Publish) -> Span:
+        # A child of the current span (the request's SERVER span) if there is one, else of
+        # the producer's own traceparent (a Dispatcher used as a library).
+        parent = None
+        if not trace.get_current_span().get_span_context().is_valid:
+            parent = context_from(item.trace)
+        return self.tracer.start_span(
+            f"send {item.tag}",
+            context=parent,
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": SYSTEM,
+                "messaging.operation.type": "send",
+                "messaging.operation.name": "send",
+                "messaging.destination.name": item.tag,
+                "messaging.message.body.size": len(item.payload),
+            },
+        )
+
+
+class _Attempt:
+    __slots__ = ("context_token", "span", "traceparent_token")
+
+    def __init__(self, span: Span, context_token: object, traceparent_token: Token[str | None]):
+        self.span = span
+        self.context_token = context_token
+        self.traceparent_token = traceparent_token
+
+
+class TracingMiddleware(Middleware):
+    """A CONSUMER `process <pool>` span around each attempt, current while the sink runs
+    (so a python handler's spans and logs belong to it), and its traceparent handed to the
+    webhook sink through `current_traceparent`."""
+
+    def __init__(self, tracing: Tracing) -> None:
+        self._tracing = tracing
+
+    def before_attempt(self, job: Job, attempt: int) -> object:
+        if not self._tracing.live:
+            return None
+        message = job.message
+        parent = context_from(message.trace)
+        links = None
+        if parent is not None:
+            links = [Link(trace.get_current_span(parent).get_span_context())]
+        span = self._tracing.tracer.start_span(
+            f"process {job.pool}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            links=links,
+            attributes={
+                "messaging.system": SYSTEM,
+                "messaging.operation.type": "process",
+                "messaging.operation.name": "process",
+                "messaging.destination.name": job.pool,
+                "messaging.consumer.group.name": job.pool,
+                "messaging.message.id": message.id,
+                "messaging.message.body.size": len(message.payload),
+                "dispatcher.tag": message.tag,
+                "dispatcher.attempt": attempt,
+            },
+        )
+        traceparent_token = current_traceparent.set(traceparent_of(span))
+        context_token = otel_context.attach(trace.set_span_in_context(span))
+        return _Attempt(span, context_token, traceparent_token)
+
+    def after_attempt(self, completion: Completion, state: object) -> None:
+        if not isinstance(state, _Attempt):
+            return
+        try:
+            span = state.span
+            attempt = completion.attempt
+            span.set_attribute("dispatcher.outcome", attempt.outcome.value)
+            if attempt.outcome is not Outcome.SUCCESS:
+                span.set_attribute("error.type", attempt.outcome.value)
+                span.set_status(Status(StatusCode.ERROR, attempt.error))
+                if completion.dead is not None:
+                    span.set_attribute("dispatcher.dead_reason", completion.dead.value)
+                elif completion.retry_at is not None:
+                    span.set_attribute("dispatcher.retry_at", completion.retry_at)
+            span.end()
+        finally:
+            otel_context.detach(state.context_token)  # type: ignore[arg-type]
+            current_traceparent.reset(state.traceparent_token)

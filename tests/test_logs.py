@@ -1,0 +1,125 @@
+"""Structured logs: JSON lines with the attempt's context, human lines on a TTY, a counter for
+every warning, and never a payload or a secret."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from dispatcher import logs
+from dispatcher.config import settings_from_dict
+from dispatcher.dispatcher import Dispatcher, Publish
+from dispatcher.message import Message
+
+from .helpers import eventually, receiver, running, webhook_settings
+
+SECRET = "whsec_" + "c2VjcmV0LXNpZ25pbmcta2V5LWZvci10ZXN0cw=="
+PAYLOAD = b'{"card": "SECRET-PAYLOAD-4242"}'
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+user_log = logging.getLogger("tests.handler")
+
+
+async def handler(message: Message) -> None:
+    """A python sink handler that logs: its records get the attempt's context."""
+    user_log.info("handling")
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def restore_root() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def _lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+@pytest.mark.usefixtures("restore_root")
+async def test_json_lines_carry_the_attempt_context_and_no_payload() -> None:
+    stream = io.StringIO()
+    output = await asyncio.to_thread(logs.configure, "INFO", stream)
+    try:
+        async with receiver() as rec:
+            rec.script = lambda name, n: 400  # permanent: dead-lettered at once, a WARNING
+            settings = webhook_settings(
+                rec.url,
+                {
+                    "hooks": {
+                        "sink": {"type": "webhook", "url": f"{rec.url}/hooks", "secret": SECRET}
+                    }
+                },
+                [{"match": "pay.>", "pools": ["hooks"]}],
+            )
+            async with running(Dispatcher(settings)) as d:
+                trace = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+                (accepted,) = await d.publish([Publish("pay.card", PAYLOAD, trace=trace)])
+                await rec.wait_for(1)
+                await eventually(lambda: d.metrics.series["hooks"].dead["permanent"] == 1)
+                warnings = d.metrics.log_messages.labels("warning")._value.get()
+                assert warnings >= 1
+    finally:
+        await asyncio.to_thread(output.stop)  # joins the writer thread
+    text = stream.getvalue()
+    assert "SECRET-PAYLOAD" not in text
+    assert SECRET not in text
+    records = _lines(stream)
+    dead = [r for r in records if r["message"].startswith("dead-lettered")]
+    assert len(dead) == 1
+    assert dead[0]["level"] == "warning"
+    assert dead[0]["message_id"] == accepted.id
+    assert dead[0]["pool"] == "hooks"
+    assert dead[0]["attempt"] == 1
+    assert dead[0]["trace_id"] == TRACE_ID
+    assert dead[0]["task"] == "pool:hooks:worker:0" or dead[0]["task"].startswith("pool:hooks:")
+    assert {"time", "logger"} <= dead[0].keys()
+
+
+@pytest.mark.usefixtures("restore_root")
+async def test_a_handlers_own_logs_get_the_context_and_tty_is_human() -> None:
+    stream = Tty()
+    output = await asyncio.to_thread(logs.configure, "INFO", stream)
+    try:
+        settings = settings_from_dict(
+            {
+                "store": {"url": "memory://"},
+                "pools": {"py": {"sink": {"type": "python", "handler": f"{__name__}:handler"}}},
+                "routes": [{"match": "t", "pools": ["py"]}],
+            },
+            env={},
+        )
+        async with running(Dispatcher(settings)) as d:
+            (accepted,) = await d.publish([Publish("t", b"{}")])
+            await eventually(lambda: d.metrics.series["py"].success == 1)
+    finally:
+        await asyncio.to_thread(output.stop)  # joins the writer thread
+    line = next(x for x in stream.getvalue().splitlines() if "handling" in x)
+    assert not line.startswith("{")
+    assert "INFO" in line
+    assert f"message_id={accepted.id}" in line
+    assert "pool=py" in line
+    assert "attempt=1" in line
+
+
+def test_json_formatter_outside_an_attempt() -> None:
+    record = logging.LogRecord("dispatcher.x", logging.ERROR, __file__, 1, "boom %s", ("x",), None)
+    out = json.loads(logs.JsonFormatter().format(record))
+    assert out["message"] == "boom x"
+    assert out["level"] == "error"
+    assert "message_id" not in out

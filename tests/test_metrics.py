@@ -1,0 +1,303 @@
+"""/metrics against what really happened: a scripted run through real loopback webhooks, and
+every counter compared with what the receiver itself saw."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from dispatcher.app import create_app
+from dispatcher.config import settings_from_dict
+from dispatcher.message import DlqFilter
+from dispatcher.state import DISPATCHER
+
+from .bench import handlers
+from .conftest import require_service
+from .helpers import Receiver, eventually, receiver, webhook_settings
+from .metrics_helpers import parse, scrape, value
+
+# Tolerated: app.auth_middleware stores the principal under a str key (aiohttp 3.14 warns);
+# remove once it uses a web.RequestKey.
+pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+
+ADMIN = {"Authorization": "Bearer adm"}
+POOLS = ("ok", "flaky", "dead", "perm", "slow")
+AUTH = {"tokens": [{"name": "ops", "token": "adm", "scopes": ["admin"]}]}
+
+
+def answer(rec: Receiver, seen: list[tuple[str, int, int | str]]) -> Callable[[str, int], Any]:
+    """The receiver's script; records (pool, attempt, answer) of every request it answers."""
+
+    def script(pool: str, n: int) -> int | str:
+        attempt = int(rec.requests[-1].headers["dispatcher-attempt"])  # this very request
+        reply: int | str = {
+            "ok": 200,
+            "flaky": 503 if attempt == 1 else 200,
+            "dead": 500,
+            "perm": 400,
+            "slow": "hang" if attempt == 1 else 200,
+        }[pool]
+        seen.append((pool, attempt, reply))
+        return reply
+
+    return script
+
+
+@pytest.fixture
+async def rig(
+    aiohttp_client: Callable[..., Any],
+) -> AsyncIterator[tuple[TestClient[Any, Any], Receiver, list[tuple[str, int, int | str]]]]:
+    async with receiver() as rec:
+        seen: list[tuple[str, int, int | str]] = []
+        rec.script = answer(rec, seen)
+        retry = {"max_attempts": 2, "initial_backoff": 0.01, "max_backoff": 0.02}
+        settings = webhook_settings(
+            rec.url,
+            {name: {"retry": retry, "timeout": 0.3, "max_backlog": 100} for name in POOLS},
+            [{"match": f"{name}.>", "pools": [name]} for name in POOLS],
+            auth=AUTH,
+            server={"max_body_bytes": 4096},
+        )
+        client = await aiohttp_client(create_app(settings))
+        yield client, rec, seen
+
+
+async def post(client: TestClient[Any, Any], body: Any, **kw: Any) -> int:
+    response = await client.post("/v1/messages", json=body, **kw)
+    return response.status
+
+
+async def test_counters_equal_what_the_receiver_saw(rig: Any) -> None:
+    client, _, seen = rig
+    dispatcher = client.app[DISPATCHER]
+    per_pool = {"ok": 6, "flaky": 4, "dead": 3, "perm": 2, "slow": 2}
+    for pool, n in per_pool.items():
+        for i in range(n):
+            assert await post(client, {"tag": f"{pool}.x", "payload": i}, headers=ADMIN) == 202
+    # Every kind of refusal, each counted once by reason.
+    assert await post(client, {"tag": "nowhere", "payload": 1}, headers=ADMIN) == 422
+    assert await post(client, {"tag": "", "payload": 1}, headers=ADMIN) == 422
+    bad = await client.post("/v1/messages", data=b"{nope", headers=ADMIN)
+    assert bad.status == 400
+    assert await post(client, {"tag": "ok.x", "payload": 1}) == 401
+    big = {"tag": "ok.x", "payload": "x" * 5000}
+    assert await post(client, big, headers=ADMIN) == 413
+    dup = {"tag": "ok.x", "payload": 1, "id": "same-id"}
+    assert await post(client, dup, headers=ADMIN) == 202
+    assert await post(client, dup, headers=ADMIN) == 200
+    per_pool["ok"] += 1
+
+    # Attempts: ok 7, flaky 4+4, dead 3x2, perm 2, slow 2+2; the dead and perm ones land in
+    # the DLQ.
+    async def settled() -> bool:
+        infos = await dispatcher.pool_infos()
+        done = all(i.backlog == 0 and i.in_flight == 0 and i.scheduled == 0 for i in infos)
+        return done and sum(i.dlq for i in infos) == 3 + 2
+
+    await eventually(settled, timeout=20)
+    replayed = await dispatcher.dlq_replay(DlqFilter(pool="dead"), actor="test")
+    assert replayed == 3
+    await eventually(settled, timeout=20)
+    purged = await dispatcher.dlq_purge(DlqFilter(), actor="test")
+    assert purged == 5
+
+    text, samples = await scrape(client)
+    saw: Counter[tuple[str, str]] = Counter()
+    for pool, _, reply in seen:
+        outcome = "timeout" if reply == "hang" else "success" if reply == 200 else "failure"
+        saw[(pool, outcome)] += 1
+    for pool in POOLS:
+        for outcome in ("success", "failure", "timeout"):
+            got = value(samples, "dispatcher_deliveries_total", pool=pool, outcome=outcome)
+            assert got == saw[(pool, outcome)], (pool, outcome)
+        delivered = value(
+            samples, "dispatcher_delivery_duration_seconds_count", pool=pool, outcome="success"
+        )
+        assert delivered == saw[(pool, "success")]
+        e2e = value(samples, "dispatcher_end_to_end_seconds_count", pool=pool)
+        assert e2e == saw[(pool, "success")]
+        attempts = sum(saw[(pool, o)] for o in ("success", "failure", "timeout"))
+        assert value(samples, "dispatcher_queue_wait_seconds_count", pool=pool) == attempts
+        assert value(samples, "dispatcher_messages_enqueued_total", pool=pool) == per_pool[pool]
+        for state in ("ready", "scheduled", "in_flight"):
+            assert value(samples, "dispatcher_backlog_messages", pool=pool, state=state) == 0
+        assert value(samples, "dispatcher_dlq_messages", pool=pool) == 0
+        assert value(samples, "dispatcher_oldest_message_age_seconds", pool=pool) == 0
+    # A retry is a failed attempt that was not the last: attempt 1 of flaky, dead and slow.
+    retries = Counter(pool for pool, attempt, reply in seen if attempt == 1 and reply != 200)
+    retries["perm"] = 0  # 400: permanent, no retry
+    for pool in POOLS:
+        assert value(samples, "dispatcher_retries_total", pool=pool) == retries[pool], pool
+    dead_max = Counter(pool for pool, attempt, reply in seen if attempt == 2 and reply == 500)
+    assert (
+        value(samples, "dispatcher_dead_lettered_total", pool="dead", reason="max_attempts")
+        == (dead_max["dead"])
+    )
+    assert dead_max["dead"] == 6  # 3 messages, dead twice (before and after the replay)
+    assert value(samples, "dispatcher_dead_lettered_total", pool="perm", reason="permanent") == 2
+    assert value(samples, "dispatcher_dead_lettered_total", pool="ok", reason="permanent") == 0
+    assert value(samples, "dispatcher_dlq_replayed_total", pool="dead") == 3
+    assert value(samples, "dispatcher_dlq_purged_total", pool="dead") == 3
+    assert value(samples, "dispatcher_dlq_purged_total", pool="perm") == 2
+    rejected = {
+        "unroutable": 1,
+        "invalid": 2,
+        "unauthorized": 1,
+        "too_large": 1,
+        "duplicate": 1,
+        "backlog_full": 0,
+        "unavailable": 0,
+    }
+    for reason, n in rejected.items():
+        assert value(samples, "dispatcher_messages_rejected_total", reason=reason) == n, reason
+    code = value(
+        samples, "dispatcher_http_requests_total", handler="/v1/messages", method="POST", code="202"
+    )
+    assert code == sum(per_pool.values())
+    assert value(samples, "dispatcher_build_info", version="0.1.0", store="memory") == 1
+    assert value(samples, "dispatcher_asyncio_tasks") > 5
+    assert value(samples, "dispatcher_threads") >= 1
+    assert "process_cpu_seconds_total" in text
+    await promtool_check(text)
+
+
+async def promtool_check(text: str) -> None:
+    if shutil.which("promtool") is None:
+        require_service("promtool", "Debian package `prometheus` checks the exposition format")
+    proc = await asyncio.create_subprocess_exec(
+        "promtool",
+        "check",
+        "metrics",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate(text.encode())
+    assert proc.returncode == 0, out.decode()
+
+
+async def test_every_config_series_exists_at_zero_before_any_traffic(rig: Any) -> None:
+    client, _, _ = rig
+    text, samples = await scrape(client)
+    for pool in POOLS:
+        for outcome in ("success", "failure", "timeout"):
+            assert value(samples, "dispatcher_deliveries_total", pool=pool, outcome=outcome) == 0
+            count = "dispatcher_delivery_duration_seconds_count"
+            assert value(samples, count, pool=pool, outcome=outcome) == 0
+        for reason in ("max_attempts", "permanent"):
+            assert value(samples, "dispatcher_dead_lettered_total", pool=pool, reason=reason) == 0
+        for name in (
+            "dispatcher_messages_enqueued_total",
+            "dispatcher_retries_total",
+            "dispatcher_dlq_replayed_total",
+            "dispatcher_dlq_purged_total",
+            "dispatcher_rate_limit_wait_seconds_total",
+            "dispatcher_pool_busy_workers",
+            "dispatcher_pool_paused",
+            "dispatcher_pool_rate_limit",
+            "dispatcher_queue_wait_seconds_count",
+            "dispatcher_end_to_end_seconds_count",
+        ):
+            assert value(samples, name, pool=pool) == 0, name
+        assert value(samples, "dispatcher_pool_concurrency_limit", pool=pool) == 8
+    await promtool_check(text)
+
+
+async def test_ten_thousand_tags_add_no_series(aiohttp_client: Callable[..., Any]) -> None:
+    sink = {"type": "python", "handler": "tests.bench.handlers:noop"}
+    settings = settings_from_dict(
+        {
+            "store": {"url": "memory://"},
+            "pools": {"a": {"sink": sink, "concurrency": 32}},
+            "routes": [{"match": "t.>", "pools": ["a"]}],
+        },
+        env={},
+    )
+    handlers.reset(10_001)
+    client = await aiohttp_client(create_app(settings))
+    dispatcher = client.app[DISPATCHER]
+    await dispatcher.publish([_publish("t.warmup")])
+    await scrape(client)  # its own request is counted after it answered
+    _, before = await scrape(client)
+    await dispatcher.publish([_publish(f"t.tag{i}.x{i % 7}") for i in range(10_000)])
+    await asyncio.wait_for(handlers.state["done"].wait(), timeout=40)
+    _, after = await scrape(client)
+    assert set(after) == set(before)  # the same series, only values moved
+    assert value(after, "dispatcher_deliveries_total", pool="a", outcome="success") == 10_001
+    assert not any("tag" in v for _, labels in after for _, v in labels)
+
+
+def _publish(tag: str) -> Any:
+    from dispatcher.dispatcher import Publish
+
+    return Publish(tag, b"{}")
+
+
+async def test_openmetrics_is_negotiated(rig: Any) -> None:
+    client, _, _ = rig
+    response = await client.get(
+        "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
+    assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+    text = await response.text()
+    assert text.rstrip().endswith("# EOF")
+    plain = await client.get("/metrics")
+    assert plain.headers["Content-Type"].startswith("text/plain")
+    parse(await plain.text())
+
+
+async def test_http_handler_label_is_the_route_not_the_path(rig: Any) -> None:
+    client, _, _ = rig
+    for i in range(5):
+        await client.get(f"/v1/messages/id-{i}", headers=ADMIN)
+    await client.get("/no/such/path/123")
+    _, samples = await scrape(client)
+    handlers = {dict(labels)["handler"] for name, labels in samples if "http_requests" in name}
+    assert "/v1/messages/{id}" in handlers
+    assert "unmatched" in handlers
+    assert not any("id-" in h or "123" in h for h in handlers)
+
+
+async def test_a_failing_observer_never_breaks_a_delivery(
+    aiohttp_client: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dispatcher.metrics import MetricsMiddleware
+
+    def explode(*args: Any) -> None:
+        raise RuntimeError("observer down")
+
+    monkeypatch.setattr(MetricsMiddleware, "after_attempt", explode)
+    monkeypatch.setattr(MetricsMiddleware, "before_attempt", explode)
+    async with receiver() as rec:
+        settings = webhook_settings(rec.url, {"a": {}}, [{"match": "t", "pools": ["a"]}])
+        client = await aiohttp_client(create_app(settings))
+        await client.app[DISPATCHER].publish([_publish("t") for _ in range(5)])
+        await rec.wait_for(5)
+        dispatcher = client.app[DISPATCHER]
+
+        async def delivered() -> bool:
+            info = await dispatcher.pool_info("a")
+            return info.backlog == 0 and info.in_flight == 0
+
+        await eventually(delivered)
+        assert len(rec.requests) == 5  # each once: the failure did not turn into a retry
+
+
+async def test_metrics_are_per_app_not_global(aiohttp_client: Callable[..., Any]) -> None:
+    async with receiver() as rec:
+        settings = webhook_settings(rec.url, {"a": {}}, [{"match": "t", "pools": ["a"]}])
+        one = await aiohttp_client(create_app(settings))
+        two = await aiohttp_client(create_app(settings))
+        await one.app[DISPATCHER].publish([_publish("t")])
+        await rec.wait_for(1)
+        await eventually(lambda: one.app[DISPATCHER].metrics.series["a"].success == 1)
+        _, a = await scrape(one)
+        _, b = await scrape(two)
+        assert value(a, "dispatcher_messages_enqueued_total", pool="a") == 1
+        assert value(b, "dispatcher_messages_enqueued_total", pool="a") == 0
