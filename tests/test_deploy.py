@@ -5,14 +5,20 @@ manifests probe the right endpoints and outlast the drain."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import re
 import shlex
+import socket
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from dispatcher.app import create_app
 from dispatcher.config import load_settings, settings_from_dict
 
 from .monitoring import CONTRACT, ROOT, RULES
@@ -24,6 +30,13 @@ ENV = {
     "DISPATCHER_OPS_TOKEN": "t",
     "DISPATCHER_APP_TOKEN": "t",
 }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def load(path: Path) -> Any:
@@ -146,6 +159,24 @@ def test_dockerfile_healthcheck_probes_healthz() -> None:
     assert "/healthz" in checks[0]
     assert "CMD" in checks[0]
     assert "--interval=" in checks[0]
+
+
+async def test_dockerfile_healthcheck_command_passes_and_fails(aiohttp_server: Any) -> None:
+    """The HEALTHCHECK's own command, run here: exit 0 against a live /healthz, not 0 when
+    nothing listens."""
+    (check,) = [args for word, args in dockerfile() if word == "HEALTHCHECK"]
+    argv = json.loads(check[check.index("CMD") + 3 :])
+    assert argv[0] == "python"
+    settings = settings_from_dict({"store": {"url": "memory://"}}, env={})
+    server = await aiohttp_server(create_app(settings))
+
+    async def run(port: int) -> int:
+        env = {**os.environ, "HEALTHCHECK_PORT": str(port)}
+        proc = await asyncio.create_subprocess_exec(sys.executable, *argv[1:], env=env)
+        return await proc.wait()
+
+    assert await run(server.port) == 0
+    assert await run(free_port()) != 0
 
 
 def test_dockerfile_copies_files_that_exist() -> None:
