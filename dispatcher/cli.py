@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
+import os
 import sys
 from collections.abc import Sequence
 
 import yaml
 
-from . import __version__
+from . import __version__, logs
 from .config import Settings, load_settings, redacted
 from .demo import DEMO_CONFIG
 from .errors import ConfigError
+from .tracing import configure_sdk
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,17 +67,22 @@ def _load(args: argparse.Namespace) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    output = logs.configure(args.log_level)  # JSON lines on stdout; human on a TTY
     try:
-        settings = _load(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    traffic = 0.0 if args.no_demo_traffic else settings.demo.traffic
-    from .server import serve
+        try:
+            settings = _load(args)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        traffic = 0.0 if args.no_demo_traffic else settings.demo.traffic
+        # Before the Dispatcher exists: it picks up the global tracer provider when built.
+        shutdown_tracing = configure_sdk(os.environ)
+        from .server import serve
 
-    return asyncio.run(serve(settings, demo_traffic=traffic))
+        try:
+            return asyncio.run(serve(settings, demo_traffic=traffic))
+        finally:
+            if shutdown_tracing is not None:
+                shutdown_tracing()
+    finally:
+        output.stop()

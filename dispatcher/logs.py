@@ -6,7 +6,7 @@ context variable), the trace and span ids (of the current span, else of the mess
 creation context) and the asyncio task's name (`pool:email:worker:3`).
 
 Records are formatted on the thread that logs them (context variables live there) and
-written by a `QueueListener` thread, so a slow or full stdout never blocks the event loop.
+written by a writer thread, so a slow or full stdout never blocks the event loop.
 Payloads, tokens and webhook secrets are never put in a record; the fields are a fixed list.
 """
 
@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import logging.handlers
 import queue
 import sys
+import threading
 import time
 from contextvars import ContextVar, Token
 from typing import IO, Any
@@ -94,44 +94,78 @@ def _timestamp(created: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{ms:03d}Z"
 
 
-class _Preformatted(logging.handlers.QueueHandler):
-    """Formats on the logging thread; the listener writes the finished line."""
+class _Handoff(logging.Handler):
+    """Formats on the logging thread (context variables live there), hands the line over."""
 
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        line = self.format(record)
-        return logging.makeLogRecord({"msg": line, "levelno": record.levelno})
+    def __init__(self, lines: queue.SimpleQueue[str | None]) -> None:
+        super().__init__()
+        self._lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._lines.put_nowait(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
+class _Writer(threading.Thread):
+    """Writes lines to the stream; a full pipe stalls this thread, never the event loop."""
+
+    def __init__(self, lines: queue.SimpleQueue[str | None], stream: IO[str]) -> None:
+        super().__init__(name="dispatcher-log-writer", daemon=True)
+        self._lines = lines
+        self._stream = stream
+
+    def run(self) -> None:
+        while True:
+            batch = [self._lines.get()]  # then whatever else is queued, and one flush
+            while batch[-1] is not None and not self._lines.empty():
+                batch.append(self._lines.get_nowait())
+            try:
+                for line in batch:
+                    if line is not None:
+                        self._stream.write(line + "\n")
+                self._stream.flush()
+            except (OSError, ValueError):  # stdout closed or gone: drop, keep running
+                pass
+            if batch[-1] is None:
+                return
 
 
 class Logging:
-    """The process's log output; `stop()` flushes it. Made by `configure`."""
+    """The process's log output, made by `configure`."""
 
-    def __init__(self, listener: logging.handlers.QueueListener, handler: logging.Handler):
-        self._listener = listener
+    def __init__(
+        self, handler: logging.Handler, writer: _Writer, lines: queue.SimpleQueue[str | None]
+    ) -> None:
         self.handler = handler
+        self._writer = writer
+        self._lines = lines
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 2.0) -> None:
+        """Detach and flush, waiting at most `timeout` (a reader that stopped reading our
+        stdout must not keep the process from exiting)."""
         logging.getLogger().removeHandler(self.handler)
-        self._listener.stop()
+        self._lines.put(None)
+        self._writer.join(timeout)
 
 
 def configure(level: str | int = "INFO", stream: IO[str] | None = None) -> Logging:
     """Send the root logger's records to `stream` (stdout): JSON lines, or human-readable
     lines when it is a TTY. Replaces the root logger's handlers."""
     stream = stream if stream is not None else sys.stdout
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    handler = _Preformatted(records)
+    lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+    handler = _Handoff(lines)
     tty = getattr(stream, "isatty", None)
     handler.setFormatter(HumanFormatter() if tty is not None and tty() else JsonFormatter())
-    writer = logging.StreamHandler(stream)
-    writer.setFormatter(logging.Formatter("%(message)s"))
-    listener = logging.handlers.QueueListener(records, writer)
+    writer = _Writer(lines, stream)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
-    listener.start()
-    return Logging(listener, handler)
+    writer.start()
+    return Logging(handler, writer, lines)
 
 
 class LogContextMiddleware(Middleware):

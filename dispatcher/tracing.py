@@ -18,7 +18,9 @@ trace id still travels from the producer to the receiver.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import importlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import Token
 from typing import TYPE_CHECKING
 
@@ -179,3 +181,34 @@ class TracingMiddleware(Middleware):
         finally:
             otel_context.detach(state.context_token)  # type: ignore[arg-type]
             current_traceparent.reset(state.traceparent_token)
+
+
+def configure_sdk(env: Mapping[str, str]) -> Callable[[], None] | None:
+    """With the `otel` extra installed and an OTEL_* exporter setting present, install an
+    SDK tracer provider exporting over OTLP (configured by the standard OTEL_* variables:
+    endpoint, headers, service name, sampler). Answers the shutdown (flush) function, or
+    None when tracing stays API-only. The SDK is imported only here, at run time."""
+    wanted = env.get("OTEL_TRACES_EXPORTER", "otlp" if _otlp_configured(env) else "none")
+    if wanted.strip().lower() in ("", "none") or env.get("OTEL_SDK_DISABLED") == "true":
+        return None
+    try:
+        sdk_trace = importlib.import_module("opentelemetry.sdk.trace")
+        export = importlib.import_module("opentelemetry.sdk.trace.export")
+        otlp = importlib.import_module("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+    except ImportError:
+        logging.getLogger("dispatcher.tracing").warning(
+            "OTEL_* tracing is configured but the `otel` extra is not installed: "
+            "pip install 'dispatcher[otel]'; traces stay off"
+        )
+        return None
+    provider = sdk_trace.TracerProvider()  # resource and sampler from OTEL_* variables
+    provider.add_span_processor(export.BatchSpanProcessor(otlp.OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    shutdown: Callable[[], None] = provider.shutdown
+    return shutdown
+
+
+def _otlp_configured(env: Mapping[str, str]) -> bool:
+    return any(
+        key in env for key in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
