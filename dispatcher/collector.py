@@ -5,7 +5,8 @@ collect() must not touch the store or a file. The async /metrics handler first a
 `refresh()`, which reads the store's counters (cheap: writer-maintained), the live task
 count and the process metrics (in a thread: they read /proc), and keeps them as a snapshot;
 `collect()` then only reads that snapshot, the pools' live attributes and the per-attempt
-`PoolSeries`.
+`PoolSeries`. /metrics renders these families with `exposition.render` (fast), the rest of
+the registry with prometheus_client.
 """
 
 from __future__ import annotations
@@ -19,16 +20,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import Histogram, ProcessCollector
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from .config import PoolConfig
 from .errors import StoreError
+from .exposition import Family, LabelSet, render
 
 if TYPE_CHECKING:
     from .dispatcher import PoolInfo
@@ -63,6 +60,10 @@ class Snapshot:
 
 
 class DispatcherCollector(Collector):
+    """The per-pool and runtime families. `families()` builds them from the snapshot, the
+    pools' live attributes and the PoolSeries; `render()` is the fast path of /metrics and
+    `collect()` the standard one (both carry the same samples)."""
+
     def __init__(
         self, source: Source, configs: Mapping[str, PoolConfig], series: Mapping[str, PoolSeries]
     ) -> None:
@@ -71,6 +72,8 @@ class DispatcherCollector(Collector):
         self._series = series
         self._process = ProcessCollector(registry=None)
         self.snapshot = Snapshot()
+        self._labels: dict[tuple[str, ...], LabelSet] = {}
+        self._none = LabelSet({})
 
     async def refresh(self) -> None:
         snap = Snapshot()
@@ -86,110 +89,109 @@ class DispatcherCollector(Collector):
         self.snapshot = snap
 
     def collect(self) -> Iterator[Metric]:
-        series = self._series
-        yield from self._attempt_families(series)
-        yield from self._pool_families()
-        yield GaugeMetricFamily(
-            "dispatcher_asyncio_tasks",
-            "Live asyncio tasks (as go_goroutines), at the last refresh.",
-            value=self.snapshot.tasks,
-        )
-        yield GaugeMetricFamily(
-            "dispatcher_threads", "Python threads.", value=threading.active_count()
-        )
-        yield from self.snapshot.process
+        for family in self.families():
+            yield family.to_metric()
 
-    @staticmethod
-    def _attempt_families(series: Mapping[str, PoolSeries]) -> Iterable[Metric]:
-        deliveries = CounterMetricFamily(
-            "dispatcher_deliveries", "Delivery attempts by outcome.", labels=["pool", "outcome"]
-        )
-        retries = CounterMetricFamily(
-            "dispatcher_retries", "Attempts rescheduled for a retry.", labels=["pool"]
-        )
-        dead = CounterMetricFamily(
-            "dispatcher_dead_lettered", "Jobs moved to the DLQ.", labels=["pool", "reason"]
-        )
-        wait = HistogramMetricFamily(
-            "dispatcher_queue_wait_seconds", "Ready to attempt start.", labels=["pool"]
-        )
-        duration = HistogramMetricFamily(
-            "dispatcher_delivery_duration_seconds", "One attempt.", labels=["pool", "outcome"]
-        )
-        e2e = HistogramMetricFamily(
-            "dispatcher_end_to_end_seconds", "Accepted to delivered.", labels=["pool"]
-        )
-        for pool, s in series.items():
+    def render(self, openmetrics: bool) -> str:
+        return render(self.families(), openmetrics)
+
+    def process_families(self) -> list[Metric]:
+        """process_* from the last refresh (read in a thread: they come from /proc)."""
+        return self.snapshot.process
+
+    def _l(self, *pairs: str) -> LabelSet:
+        """The cached LabelSet of ("pool", "email", "outcome", "success", ...)."""
+        found = self._labels.get(pairs)
+        if found is None:
+            labels = dict(zip(pairs[::2], pairs[1::2], strict=True))
+            found = self._labels[pairs] = LabelSet(labels)
+        return found
+
+    def families(self) -> list[Family]:
+        f = self._attempt_families() + self._pool_families()
+        tasks = Family("dispatcher_asyncio_tasks", "gauge", "Live asyncio tasks (go_goroutines).")
+        tasks.add(self._none, self.snapshot.tasks)
+        threads = Family("dispatcher_threads", "gauge", "Python threads.")
+        threads.add(self._none, threading.active_count())
+        return [*f, tasks, threads]
+
+    def _attempt_families(self) -> list[Family]:
+        deliveries = Family("dispatcher_deliveries", "counter", "Delivery attempts by outcome.")
+        retries = Family("dispatcher_retries", "counter", "Attempts rescheduled for a retry.")
+        dead = Family("dispatcher_dead_lettered", "counter", "Jobs moved to the DLQ.")
+        wait = Family("dispatcher_queue_wait_seconds", "histogram", "Ready to attempt start.")
+        duration = Family("dispatcher_delivery_duration_seconds", "histogram", "One attempt.")
+        e2e = Family("dispatcher_end_to_end_seconds", "histogram", "Accepted to delivered.")
+        for pool, s in self._series.items():
+            labels = self._l("pool", pool)
             for outcome, n in s.outcomes().items():
-                deliveries.add_metric([pool, outcome], n)
-                _histogram(duration, [pool, outcome], s.duration[outcome])
-            retries.add_metric([pool], s.retries)
+                by_outcome = self._l("pool", pool, "outcome", outcome)
+                deliveries.add(by_outcome, n, "_total")
+                _histogram(duration, by_outcome, s.duration[outcome])
+            retries.add(labels, s.retries, "_total")
             for reason, n in s.dead.items():
-                dead.add_metric([pool, reason], n)
-            _histogram(wait, [pool], s.queue_wait)
-            _histogram(e2e, [pool], s.end_to_end)
-        return (deliveries, retries, dead, wait, duration, e2e)
+                dead.add(self._l("pool", pool, "reason", reason), n, "_total")
+            _histogram(wait, labels, s.queue_wait)
+            _histogram(e2e, labels, s.end_to_end)
+        return [deliveries, retries, dead, wait, duration, e2e]
 
-    def _pool_families(self) -> Iterable[Metric]:
-        backlog = GaugeMetricFamily(
-            "dispatcher_backlog_messages", "Undelivered jobs by state.", labels=["pool", "state"]
-        )
-        oldest = GaugeMetricFamily(
+    def _pool_families(self) -> list[Family]:
+        backlog = Family("dispatcher_backlog_messages", "gauge", "Undelivered jobs by state.")
+        oldest = Family(
             "dispatcher_oldest_message_age_seconds",
+            "gauge",
             "Age of the oldest undelivered message (0 if none).",
-            labels=["pool"],
         )
-        dlq = GaugeMetricFamily("dispatcher_dlq_messages", "Jobs in the DLQ.", labels=["pool"])
-        limit = GaugeMetricFamily(
-            "dispatcher_pool_concurrency_limit", "Max attempts in flight.", labels=["pool"]
+        dlq = Family("dispatcher_dlq_messages", "gauge", "Jobs in the DLQ.")
+        limit = Family("dispatcher_pool_concurrency_limit", "gauge", "Max attempts in flight.")
+        busy = Family("dispatcher_pool_busy_workers", "gauge", "Attempts in flight now.")
+        rate = Family(
+            "dispatcher_pool_rate_limit", "gauge", "Deliveries per second (0 = unlimited)."
         )
-        busy = GaugeMetricFamily(
-            "dispatcher_pool_busy_workers", "Attempts in flight now.", labels=["pool"]
-        )
-        rate = GaugeMetricFamily(
-            "dispatcher_pool_rate_limit", "Deliveries per second (0 = unlimited).", labels=["pool"]
-        )
-        paused = GaugeMetricFamily("dispatcher_pool_paused", "1 when paused.", labels=["pool"])
-        waited = CounterMetricFamily(
+        paused = Family("dispatcher_pool_paused", "gauge", "1 when paused.")
+        waited = Family(
             "dispatcher_rate_limit_wait_seconds",
+            "counter",
             "Time workers waited for rate-limit tokens.",
-            labels=["pool"],
         )
         infos = self.snapshot.infos
         pools = self._source.pools
         for name, config in self._configs.items():
-            labels = [name]
+            labels = self._l("pool", name)
             info = infos.get(name)
-            if info is not None:
-                backlog.add_metric([name, "ready"], info.backlog)
-                backlog.add_metric([name, "scheduled"], info.scheduled)
-                oldest.add_metric(labels, info.oldest_age_seconds)
-                dlq.add_metric(labels, info.dlq)
-            else:
-                backlog.add_metric([name, "ready"], 0)
-                backlog.add_metric([name, "scheduled"], 0)
-                oldest.add_metric(labels, 0)
-                dlq.add_metric(labels, 0)
             pool = pools.get(name)
+            backlog.add(self._l("pool", name, "state", "ready"), info.backlog if info else 0)
+            backlog.add(self._l("pool", name, "state", "scheduled"), info.scheduled if info else 0)
+            backlog.add(self._l("pool", name, "state", "in_flight"), pool.busy if pool else 0)
+            oldest.add(labels, info.oldest_age_seconds if info else 0)
+            dlq.add(labels, info.dlq if info else 0)
             if pool is not None:  # live attributes, exact at scrape time
-                backlog.add_metric([name, "in_flight"], pool.busy)
-                limit.add_metric(labels, pool.concurrency)
-                busy.add_metric(labels, pool.busy)
-                rate.add_metric(labels, pool.rate or 0.0)
-                paused.add_metric(labels, 1 if pool.paused else 0)
-                waited.add_metric(labels, pool.rate_wait_seconds)
+                limit.add(labels, pool.concurrency)
+                busy.add(labels, pool.busy)
+                rate.add(labels, pool.rate or 0)
+                paused.add(labels, 1 if pool.paused else 0)
+                waited.add(labels, pool.rate_wait_seconds, "_total")
             else:  # before start: the configured values
-                backlog.add_metric([name, "in_flight"], 0)
-                limit.add_metric(labels, config.concurrency)
-                busy.add_metric(labels, 0)
-                rate.add_metric(labels, config.rate or 0.0)
-                paused.add_metric(labels, 0)
-                waited.add_metric(labels, 0.0)
-        return (backlog, oldest, dlq, limit, busy, rate, paused, waited)
+                limit.add(labels, config.concurrency)
+                busy.add(labels, 0)
+                rate.add(labels, config.rate or 0)
+                paused.add(labels, 0)
+                waited.add(labels, 0.0, "_total")
+        return [backlog, oldest, dlq, limit, busy, rate, paused, waited]
 
 
-def _histogram(family: HistogramMetricFamily, labels: list[str], h: FastHistogram) -> None:
-    family.add_metric(labels, h.buckets(), h.sum)
+def _histogram(family: Family, labels: LabelSet, h: FastHistogram) -> None:
+    family.add_histogram(labels, h.les, list(h.counts), h.sum, h.exemplars)
+
+
+class ProcessSnapshot(Collector):
+    """process_* as of the last refresh, for the standard part of the registry."""
+
+    def __init__(self, collector: DispatcherCollector) -> None:
+        self._collector = collector
+
+    def collect(self) -> Iterable[Metric]:
+        return self._collector.process_families()
 
 
 class LoopMonitor:

@@ -35,7 +35,7 @@ from prometheus_client import (
 from prometheus_client.samples import Exemplar
 
 from . import __version__
-from .collector import DispatcherCollector, LoopMonitor, Source
+from .collector import DispatcherCollector, LoopMonitor, ProcessSnapshot, Source
 from .config import Settings
 from .message import Completion, DeadReason, Outcome
 from .middleware import Middleware
@@ -65,10 +65,11 @@ class FastHistogram:
     """One histogram series, updated on the loop thread only: no lock, one bisect.
     Keeps the latest exemplar per bucket when the attempt was traced."""
 
-    __slots__ = ("bounds", "counts", "exemplars", "sum")
+    __slots__ = ("bounds", "counts", "exemplars", "les", "sum")
 
     def __init__(self, bounds: Sequence[float]) -> None:
         self.bounds = tuple(float(b) for b in bounds)
+        self.les = (*(repr(b) for b in self.bounds), "+Inf")  # the `le` label values
         self.counts = [0] * (len(self.bounds) + 1)
         self.sum = 0.0
         self.exemplars: list[Exemplar | None] | None = None
@@ -85,17 +86,6 @@ class FastHistogram:
             self.exemplars = [None] * len(self.counts)
         labels = {"trace_id": traceparent[3:35], "span_id": traceparent[36:52]}
         self.exemplars[i] = Exemplar(labels, value)
-
-    def buckets(self) -> list[tuple[str, float] | tuple[str, float, Exemplar]]:
-        out: list[tuple[str, float] | tuple[str, float, Exemplar]] = []
-        total = 0
-        exemplars = self.exemplars
-        for i, count in enumerate(list(self.counts)):
-            total += count
-            le = repr(self.bounds[i]) if i < len(self.bounds) else "+Inf"
-            ex = exemplars[i] if exemplars is not None else None
-            out.append((le, total) if ex is None else (le, total, ex))
-        return out
 
 
 class PoolSeries:
@@ -176,8 +166,10 @@ class Metrics:
     """The registry and every metric in it. Owned by one Dispatcher."""
 
     def __init__(self, settings: Settings, source: Source, *, store_kind: str) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
+        # `base`: what prometheus_client renders; `registry`: everything, for anyone
+        # collecting the usual way. /metrics renders `base` + the collector's fast text.
+        self.base = CollectorRegistry()
+        r = self.base
         pools = list(settings.pools)
         self.series = {name: PoolSeries() for name in pools}
         self.middleware = MetricsMiddleware(self.series)
@@ -227,9 +219,12 @@ class Metrics:
             self.store_seconds.labels(operation)
         self.log_handler = LogCounter(self._levels)
         self.collector = DispatcherCollector(source, settings.pools, self.series)
-        r.register(self.collector)
         GCCollector(registry=r)
         PlatformCollector(registry=r)
+        r.register(ProcessSnapshot(self.collector))
+        self.registry = CollectorRegistry()
+        self.registry.register(self.base)
+        self.registry.register(self.collector)
         self._monitor = LoopMonitor(self.loop_lag)
 
     # --- lifecycle (with the Dispatcher's) --------------------------------------------------

@@ -17,6 +17,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client.exposition import choose_encoder
 
 from . import debug
 from .auth import requires
@@ -39,15 +40,26 @@ def setup(app: web.Application) -> None:
 
 
 def _metrics_handler(metrics: Metrics) -> Handler:
-    serve = make_aiohttp_handler(metrics.registry)
+    slow = make_aiohttp_handler(metrics.registry)
 
     @requires(None)
     async def handle_metrics(request: web.Request) -> web.StreamResponse:
-        # The collector reads a snapshot: take it here, asynchronously, then let
-        # prometheus_client render on the loop (content negotiation: OpenMetrics when the
-        # scraper asks for it, which is what carries exemplars).
+        # The collector reads a snapshot: take it here, asynchronously, then render on the
+        # loop without I/O. prometheus_client negotiates the format (OpenMetrics when the
+        # scraper asks, which carries exemplars) and renders the few standard families; the
+        # per-pool ones take the fast path (exposition.py). `name[]` filters: the slow path.
         await metrics.refresh()
-        return await serve(request)
+        if "name[]" in request.query:
+            return await slow(request)
+        encoder, content_type = choose_encoder(",".join(request.headers.getall("Accept", [])))
+        openmetrics = content_type.startswith("application/openmetrics-text")
+        head = encoder(metrics.base)
+        tail = metrics.collector.render(openmetrics).encode()
+        # OpenMetrics: one "# EOF", at the very end.
+        body = head.removesuffix(b"# EOF\n") + tail + b"# EOF\n" if openmetrics else head + tail
+        response = web.Response(body=body, headers={"Content-Type": content_type})
+        response.enable_compression()
+        return response
 
     return handle_metrics
 

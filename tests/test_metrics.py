@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.openmetrics import parser as openmetrics_parser
 
 from dispatcher.app import create_app
 from dispatcher.config import settings_from_dict
@@ -250,6 +252,37 @@ async def test_openmetrics_is_negotiated(rig: Any) -> None:
     plain = await client.get("/metrics")
     assert plain.headers["Content-Type"].startswith("text/plain")
     parse(await plain.text())
+
+
+async def test_the_fast_rendering_is_the_standard_one(rig: Any) -> None:
+    """/metrics renders the per-pool families itself; prometheus_client's rendering of the
+    whole registry must parse to exactly the same samples, in both formats."""
+    client, rec, _ = rig
+    dispatcher = client.app[DISPATCHER]
+    await dispatcher.publish([_publish(f"{pool}.x") for pool in POOLS])
+    await rec.wait_for(len(POOLS))
+    await eventually(lambda: dispatcher.metrics.series["perm"].dead["permanent"] == 1)
+    await scrape(client)  # so that the http series exist in both renderings
+    for accept, parser in (
+        ("text/plain", parse),
+        ("application/openmetrics-text; version=1.0.0", parse_openmetrics),
+    ):
+        response = await client.get("/metrics", headers={"Accept": accept})
+        fast = parser(await response.text())
+        encoder, _ = choose_encoder(accept)
+        standard = parser(encoder(dispatcher.metrics.registry).decode())
+        moving = ("dispatcher_http", "process_", "python_gc", "dispatcher_event_loop")
+        stable = {k: v for k, v in standard.items() if not k[0].startswith(moving)}
+        assert {k: fast[k] for k in stable} == stable
+        assert {k[0] for k in fast} == {k[0] for k in standard}
+
+
+def parse_openmetrics(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    out = {}
+    for family in openmetrics_parser.text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
 
 
 async def test_http_handler_label_is_the_route_not_the_path(rig: Any) -> None:
