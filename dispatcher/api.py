@@ -1,19 +1,25 @@
-"""HTTP handlers of the v1 API. They translate HTTP to Dispatcher calls and back, nothing more:
-validation of the wire format lives in `ingest.py`, behaviour in the Dispatcher."""
+"""HTTP handlers of the v1 message endpoints, health, and the route table of the whole API.
+
+Handlers translate HTTP to Dispatcher calls and back, nothing more: the wire format lives
+in `ingest.py` and `cloudevent.py`, behaviour in the Dispatcher. Operator endpoints (pools,
+DLQ, audit, subscribe) are in `api_ops.py`, the OpenAPI document in `openapi.py`.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
+from . import api_ops, cloudevent, ingest
 from .auth import requires
-from .dispatcher import Accepted, Dispatcher
+from .dispatcher import Accepted, Dispatcher, Publish
 from .errors import NotFound
-from .ingest import decode_single, read_body
-from .message import MessageStatus, State
+from .message import Attempt, MessageStatus, State
+from .openapi import handler as openapi_handler
 from .state import DISPATCHER
 from .timefmt import rfc3339
 
@@ -22,36 +28,64 @@ _STATUS = {
     State.DELIVERED: "delivered",
     State.DEAD: "dead",
 }
+_encode = msgspec.json.Encoder().encode
 
 
-def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
     return web.Response(
-        status=status,
-        body=msgspec.json.encode(data),
-        content_type="application/json",
-        headers=headers,
+        status=status, body=_encode(data), content_type="application/json", headers=headers
     )
+
+
+async def _body(request: web.Request, dispatcher: Dispatcher) -> bytes:
+    server = dispatcher.settings.server
+    return await ingest.read_body(request, server.max_body_bytes, server.request_timeout)
+
+
+def _media_type(request: web.Request) -> str:
+    return request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
 
 
 @requires("produce")
 async def post_message(request: web.Request) -> web.Response:
     dispatcher = request.app[DISPATCHER]
-    body = await read_body(request, dispatcher.settings.server.max_body_bytes)
-    item = decode_single(body, request.headers)
+    body = await _body(request, dispatcher)
+    headers = request.headers
+    if _media_type(request) == cloudevent.STRUCTURED:
+        item = cloudevent.decode_structured(body, headers)
+    elif "ce-specversion" in headers:
+        item = cloudevent.decode_binary(body, headers)
+    else:
+        item = ingest.decode_single(body, headers)
     (accepted,) = await dispatcher.publish([item])
-    return _accepted_response(accepted)
+    body_out = _accepted(accepted)
+    location = {"Location": f"/v1/messages/{accepted.id}"}
+    return json_response(body_out, 200 if accepted.duplicate else 202, location)
 
 
-def _accepted_response(accepted: Accepted) -> web.Response:
-    body = {
-        "id": accepted.id,
-        "tag": accepted.tag,
-        "pools": list(accepted.pools),
+@requires("produce")
+async def post_batch(request: web.Request) -> web.Response:
+    dispatcher = request.app[DISPATCHER]
+    body = await _body(request, dispatcher)
+    items: Sequence[Publish]
+    if _media_type(request) == cloudevent.BATCH:
+        items = cloudevent.decode_batch(body, request.headers)
+    else:
+        items = ingest.decode_batch(body, request.headers)
+    accepted = await dispatcher.publish(items)
+    return json_response({"results": [_accepted(a) for a in accepted]}, 202)
+
+
+def _accepted(a: Accepted) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "tag": a.tag,
+        "pools": list(a.pools),
         "status": "queued",
-        "duplicate": accepted.duplicate,
+        "duplicate": a.duplicate,
     }
-    location = f"/v1/messages/{accepted.id}"
-    return _json(body, status=200 if accepted.duplicate else 202, headers={"Location": location})
 
 
 @requires("read")
@@ -61,17 +95,7 @@ async def get_message(request: web.Request) -> web.Response:
     status = await dispatcher.get_message(message_id)
     if status is None:
         raise NotFound(f"no message with id {message_id!r} (unknown, or delivered and expired)")
-    return _json(message_view(status, time.time()))
-
-
-def payload_value(payload: bytes) -> Any:
-    """The payload as JSON to embed in a response: as is when it is JSON (no re-encoding),
-    else as text."""
-    try:
-        msgspec.json.decode(payload)
-    except msgspec.DecodeError:
-        return payload.decode("utf-8", "replace")
-    return msgspec.Raw(payload)
+    return json_response(message_view(status, time.time()))
 
 
 def message_view(status: MessageStatus, now: float) -> dict[str, Any]:
@@ -98,12 +122,12 @@ def message_view(status: MessageStatus, now: float) -> dict[str, Any]:
         "created_at": rfc3339(m.created_at),
         "priority": m.priority,
         "headers": m.headers,
-        "payload": payload_value(m.payload),
+        "payload": api_ops.payload_value(m.payload),
         "pools": pools,
     }
 
 
-def _attempt_view(a: Any) -> dict[str, Any]:
+def _attempt_view(a: Attempt) -> dict[str, Any]:
     return {
         "n": a.n,
         "started_at": rfc3339(a.started_at),
@@ -115,25 +139,33 @@ def _attempt_view(a: Any) -> dict[str, Any]:
 
 @requires(None)
 async def healthz(request: web.Request) -> web.Response:
-    return _json({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 @requires(None)
 async def readyz(request: web.Request) -> web.Response:
     dispatcher: Dispatcher = request.app[DISPATCHER]
     if await dispatcher.ready():
-        return _json({"status": "ready"})
+        return json_response({"status": "ready"})
     reason = "draining" if dispatcher.draining else "store unavailable"
-    return web.Response(
-        status=503,
-        body=msgspec.json.encode({"status": "unavailable", "reason": reason}),
-        content_type="application/json",
-        headers={"Retry-After": "5"},
+    return json_response(
+        {"status": "unavailable", "reason": reason}, 503, headers={"Retry-After": "5"}
     )
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/messages", post_message)
-    app.router.add_get("/v1/messages/{id}", get_message)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    r = app.router
+    r.add_post("/v1/messages", post_message)
+    r.add_post("/v1/messages/batch", post_batch)
+    r.add_get("/v1/messages/{id}", get_message)
+    r.add_get("/v1/pools", api_ops.list_pools)
+    r.add_get("/v1/pools/{name}", api_ops.get_pool)
+    r.add_patch("/v1/pools/{name}", api_ops.patch_pool)
+    r.add_get("/v1/dlq", api_ops.list_dlq)
+    r.add_post("/v1/dlq/replay", api_ops.replay_dlq)
+    r.add_post("/v1/dlq/purge", api_ops.purge_dlq)
+    r.add_get("/v1/audit", api_ops.list_audit)
+    r.add_get("/v1/subscribe", api_ops.subscribe)
+    r.add_get("/healthz", healthz)
+    r.add_get("/readyz", readyz)
+    r.add_get("/openapi.json", openapi_handler)

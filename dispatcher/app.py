@@ -15,7 +15,7 @@ from .config import Settings
 from .dispatcher import Dispatcher
 from .errors import NotFound, Rejected
 from .problem import problem
-from .state import AUTH, DISPATCHER
+from .state import AUTH, DISPATCHER, PRINCIPAL
 
 log = logging.getLogger("dispatcher.http")
 
@@ -24,22 +24,35 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error becomes problem+json; bad input never becomes a 5xx."""
+    """Every error becomes problem+json; bad input never becomes a 5xx. An error answered
+    before the body was read closes the connection rather than read the rest of it."""
     try:
         return await handler(request)
-    except Rejected as exc:
-        return problem(exc.status, exc.detail, pointer=exc.pointer, retry_after=exc.retry_after)
-    except NotFound as exc:
-        return problem(404, str(exc))
-    except web.HTTPRequestEntityTooLarge:
-        return problem(413, "the body is larger than server.max_body_bytes")
     except web.HTTPException as exc:
         if exc.status < 400:
-            raise
+            raise  # redirects
+        response = _problem_for(exc)
+    except Exception as exc:
+        response = _problem_for(exc)
+    if not request.content.is_eof():
+        response.force_close()
+    return response
+
+
+def _problem_for(exc: Exception) -> web.Response:
+    if isinstance(exc, Rejected):
+        return problem(exc.status, exc.detail, pointer=exc.pointer, retry_after=exc.retry_after)
+    if isinstance(exc, NotFound):
+        return problem(404, str(exc))
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return problem(413, "the body is larger than server.max_body_bytes")
+    if isinstance(exc, web.HTTPException):
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         return problem(exc.status, exc.reason, headers=headers)
-    except UnicodeDecodeError as exc:
+    if isinstance(exc, UnicodeDecodeError):
         return problem(400, f"invalid UTF-8: {exc.reason}")
+    log.error("unhandled error in %s %s", exc.__class__.__name__, exc, exc_info=exc)
+    return problem(500, "internal error; the server log has the details")
 
 
 @web.middleware
@@ -54,7 +67,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         )
     if not principal.allows(scope):
         return problem(403, f"this token lacks the {scope!r} scope")
-    request["principal"] = principal
+    request[PRINCIPAL] = principal
     return await handler(request)
 
 
@@ -74,6 +87,10 @@ def create_app(
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
         middlewares=[error_middleware, auth_middleware],
+        # A connection that has not sent a complete request line and headers this long
+        # after opening (or after its last response) is closed: slow headers are cut off.
+        # Slow bodies are bounded in ingest.read_body.
+        handler_args={"keepalive_timeout": settings.server.request_timeout},
     )
     app[DISPATCHER] = dispatcher or Dispatcher(settings)
     app[AUTH] = authenticator or Authenticator(settings.auth, os.environ)

@@ -7,6 +7,7 @@ call the same `publish`, `pool`, `update_pool`, `dlq_*` methods, so they cannot 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import os
@@ -21,7 +22,7 @@ from opentelemetry.trace import TracerProvider
 
 from .acker import Acker
 from .config import PoolConfig, Settings
-from .errors import BacklogFull, NotFound, StoreError, Unavailable, Unroutable
+from .errors import BacklogFull, IdConflict, NotFound, StoreError, Unavailable, Unroutable
 from .logs import LogContextMiddleware
 from .message import (
     AuditEntry,
@@ -235,6 +236,7 @@ class Dispatcher:
         if self._disk_low:
             raise Unavailable("free disk space is below store.min_free_bytes", retry_after=30.0)
         now = self._clock()
+        dedup_window = self.settings.store.dedup_window
         batch: list[NewMessage] = []
         wanted: dict[str, int] = {}
         for index, item in enumerate(items):
@@ -254,13 +256,20 @@ class Dispatcher:
                 headers=item.headers,
                 trace=item.trace,
             )
-            batch.append(NewMessage(message, pools))
+            if item.id is None:
+                batch.append(NewMessage(message, pools))
+            else:  # a producer's id: remembered for the dedup window, with a content digest
+                batch.append(NewMessage(message, pools, _digest(item), now + dedup_window))
         self._reserve(wanted)
         try:
             stored = await self.store.enqueue(batch)
         except StoreError as exc:
             self._unreserve(wanted)
             raise Unavailable(f"the store is unavailable: {exc}", retry_after=5.0) from exc
+        except IdConflict as exc:
+            self._unreserve(wanted)
+            exc.pointer = "/id" if len(items) == 1 else f"/{exc.index}/id"
+            raise
         results: list[Accepted] = []
         for new, fresh in zip(batch, stored, strict=True):
             if not fresh:
@@ -519,6 +528,14 @@ class Dispatcher:
                     log.exception("expiring delivered messages failed")
             ticks += 1
             await asyncio.sleep(_HOUSEKEEPING_INTERVAL)
+
+
+def _digest(item: Publish) -> bytes:
+    """What makes a repeat of an id the same message: its tag and payload."""
+    h = hashlib.blake2b(item.tag.encode(), digest_size=16)
+    h.update(b"\x00")
+    h.update(item.payload)
+    return h.digest()
 
 
 def _data_dir(url: str) -> str | None:

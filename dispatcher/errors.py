@@ -5,6 +5,7 @@
      ├── Rejected               ingest refused a message (maps to an HTTP status)
      │    ├── InvalidMessage    422: valid JSON that breaks the schema
      │    ├── Unroutable        422: no route matches the tag
+     │    ├── IdConflict        422: an id reused within the dedup window for other content
      │    ├── BacklogFull       429: a target pool's backlog reached max_backlog
      │    └── Unavailable       503: store down, disk nearly full, or draining
      ├── NotFound               an unknown pool or message
@@ -54,6 +55,21 @@ class InvalidMessage(Rejected):
 class Unroutable(Rejected):
     status = 422
     reason = "unroutable"
+
+
+class IdConflict(Rejected):
+    """A producer-given id (or Idempotency-Key) seen within the dedup window came back with
+    a different tag or payload. `index` is the item's position in its batch."""
+
+    status = 422
+    reason = "invalid"
+
+    def __init__(self, message_id: str, index: int = 0) -> None:
+        super().__init__(
+            f"id {message_id!r} was used within the dedup window for a different tag or payload"
+        )
+        self.message_id = message_id
+        self.index = index
 
 
 class BacklogFull(Rejected):

@@ -1,9 +1,13 @@
 """Wire format of ingest: read a body within limits and turn it into validated `Publish`
 values. Malformed bytes are a 400; well-formed JSON that breaks the schema is a 422 whose
-problem names the field with a JSON pointer. Nothing here touches the store."""
+problem names the field with a JSON pointer (in a batch, under the item's index). Nothing
+here touches the store. CloudEvents live in `cloudevent.py`.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import math
 import re
 from collections.abc import Mapping
@@ -12,20 +16,25 @@ from typing import Annotated
 import msgspec
 from aiohttp import web
 
+from . import strictjson
 from .dispatcher import Publish
 from .errors import InvalidMessage, Rejected
 from .routing import MAX_TAG_LENGTH, is_valid_tag
 
+MAX_BATCH = 1000
 MAX_DELAY = 366 * 86_400.0  # a year; longer is almost surely a unit mistake (ms for s)
 MAX_HEADERS = 64
+MAX_HEADER_VALUE = 4096
+MAX_IDEMPOTENCY_KEY = 255
 MESSAGE_ID = re.compile(r"^[A-Za-z0-9._:~@+=-]{1,128}$")
 HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")
 TRACEPARENT = re.compile(r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
-_BAD_HEADER_VALUE = re.compile(r"[\r\n\x00]")
+# Control characters (CR, LF and NUL among them) may not travel on into webhook headers.
+BAD_HEADER_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class BadRequest(Rejected):
-    """400: the body is not parseable (bad JSON, bad UTF-8...)."""
+    """400: the body is not parseable (bad JSON, bad UTF-8, duplicate keys...)."""
 
     status = 400
     reason = "invalid"
@@ -34,6 +43,11 @@ class BadRequest(Rejected):
 class TooLarge(Rejected):
     status = 413
     reason = "too_large"
+
+
+class RequestTimeout(Rejected):
+    status = 408
+    reason = "invalid"
 
 
 class MessageIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -46,95 +60,172 @@ class MessageIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _single = msgspec.json.Decoder(MessageIn)
+_batch = msgspec.json.Decoder(list[MessageIn])
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
+async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     """The whole body, refusing (413) as soon as it is known to exceed `limit`: from
-    Content-Length before reading anything, or while reading a chunked body."""
+    Content-Length before reading anything, or while reading a chunked body. A body that
+    trickles in for longer than `timeout` seconds is cut off (408); other requests go on."""
     if request.content_length is not None and request.content_length > limit:
         raise TooLarge(f"the body is {request.content_length} bytes; the limit is {limit}")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(65536):
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"the body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.content.iter_chunked(65536):
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge(f"the body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"the body did not arrive within {timeout:g} s") from None
     return b"".join(chunks)
 
 
+def check_json(body: bytes, *, depth: bool = True) -> None:
+    try:
+        strictjson.check(body, depth=depth)
+    except strictjson.JsonError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+
+
 def decode_single(body: bytes, headers: Mapping[str, str]) -> Publish:
+    check_json(body, depth=False)
     try:
         item = _single.decode(body)
     except msgspec.ValidationError as exc:
-        detail, pointer = _schema_problem(exc)
-        raise InvalidMessage(detail, pointer=pointer) from None
-    except msgspec.DecodeError as exc:
+        raise schema_error(exc) from None
+    except msgspec.DecodeError as exc:  # pragma: no cover - check_json saw it first
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
     key = headers.get("Idempotency-Key")
-    if key is not None and item.id is None:
-        item.id = key
+    if key is not None:
+        key_id = idempotency_id(key)
+        if item.id is not None and item.id != key_id:
+            raise InvalidMessage("id and the Idempotency-Key header differ", pointer="/id")
+        item.id = key_id
+    return to_publish(item, "", trace_of(headers), depth=1)
+
+
+def decode_batch(body: bytes, headers: Mapping[str, str]) -> list[Publish]:
+    check_json(body, depth=False)
+    if "Idempotency-Key" in headers:
+        raise InvalidMessage("Idempotency-Key applies to one message; give batch items an id")
+    try:
+        items = _batch.decode(body)
+    except msgspec.ValidationError as exc:
+        raise schema_error(exc) from None
+    except msgspec.DecodeError as exc:  # pragma: no cover - check_json saw it first
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    check_batch_size(len(items))
+    trace = trace_of(headers)
+    return [to_publish(item, f"/{i}", trace, depth=2) for i, item in enumerate(items)]
+
+
+def check_batch_size(n: int) -> None:
+    if n > MAX_BATCH:
+        raise TooLarge(f"a batch holds at most {MAX_BATCH} messages, not {n}")
+    if n == 0:
+        raise InvalidMessage("a batch holds at least one message", pointer="")
+
+
+def idempotency_id(key: str) -> str:
+    """The message id an Idempotency-Key stands for: the key itself when it is a valid id,
+    else a digest of it (so any printable key of up to 255 characters works)."""
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY or BAD_HEADER_VALUE.search(key):
+        raise BadRequest(
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters",
+            pointer="/headers/Idempotency-Key",
+        )
+    if MESSAGE_ID.match(key):
+        return key
+    return "idem_" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+
+
+def trace_of(headers: Mapping[str, str]) -> str | None:
     trace = headers.get("traceparent")
-    return to_publish(item, "", trace if trace and TRACEPARENT.match(trace) else None)
+    # An invalid traceparent is ignored, as W3C Trace Context says, not refused.
+    return trace if trace and TRACEPARENT.match(trace) else None
 
 
-def to_publish(item: MessageIn, prefix: str, trace: str | None) -> Publish:
+def check_tag(tag: str, pointer: str) -> None:
+    if not tag:
+        raise InvalidMessage("tag is empty", pointer=pointer)
+    if len(tag) > MAX_TAG_LENGTH:
+        raise InvalidMessage(f"tag is longer than {MAX_TAG_LENGTH} characters", pointer=pointer)
+    if not is_valid_tag(tag):
+        raise InvalidMessage("tag must be dot-separated tokens of [A-Za-z0-9_:-]", pointer=pointer)
+
+
+def check_payload_depth(payload: bytes, depth: int, pointer: str) -> None:
+    """The payload sits `depth` levels deep in the document; the whole may nest 64 deep."""
+    try:
+        strictjson.check_depth(payload, strictjson.MAX_DEPTH - depth)
+    except strictjson.JsonError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}", pointer=pointer) from None
+
+
+def to_publish(item: MessageIn, prefix: str, trace: str | None, *, depth: int) -> Publish:
     """Check the rules msgspec's types cannot express; `prefix` is the item's JSON pointer."""
-    if not item.tag:
-        raise InvalidMessage("tag is empty", pointer=f"{prefix}/tag")
-    if len(item.tag) > MAX_TAG_LENGTH:
-        raise InvalidMessage(
-            f"tag is longer than {MAX_TAG_LENGTH} characters", pointer=f"{prefix}/tag"
-        )
-    if not is_valid_tag(item.tag):
-        raise InvalidMessage(
-            "tag must be dot-separated tokens of [A-Za-z0-9_:-]", pointer=f"{prefix}/tag"
-        )
+    check_tag(item.tag, f"{prefix}/tag")
+    payload = bytes(item.payload)
+    check_payload_depth(payload, depth, f"{prefix}/payload")
     if item.id is not None and not MESSAGE_ID.match(item.id):
         raise InvalidMessage("id must be 1 to 128 of [A-Za-z0-9._:~@+=-]", pointer=f"{prefix}/id")
     if not math.isfinite(item.delay) or not 0 <= item.delay <= MAX_DELAY:
         raise InvalidMessage(
             f"delay must be between 0 and {MAX_DELAY:g} seconds", pointer=f"{prefix}/delay"
         )
-    if len(item.headers) > MAX_HEADERS:
-        raise InvalidMessage(f"at most {MAX_HEADERS} headers", pointer=f"{prefix}/headers")
-    headers: dict[str, str] = {}
-    for name, value in item.headers.items():
-        where = f"{prefix}/headers/{_escape(name)}"
-        if not HEADER_NAME.match(name):
-            raise InvalidMessage("header names are HTTP tokens", pointer=where)
-        if _BAD_HEADER_VALUE.search(value):
-            raise InvalidMessage("header values may not hold CR, LF or NUL", pointer=where)
-        headers[name.lower()] = value
     return Publish(
         tag=item.tag,
-        payload=bytes(item.payload),
+        payload=payload,
         id=item.id,
         priority=item.priority,
         delay=item.delay,
-        headers=headers,
+        headers=check_headers(item.headers, f"{prefix}/headers") if item.headers else {},
         trace=trace,
     )
 
 
-def _escape(token: str) -> str:
+def check_headers(headers: Mapping[str, str], prefix: str) -> dict[str, str]:
+    if len(headers) > MAX_HEADERS:
+        raise InvalidMessage(f"at most {MAX_HEADERS} headers", pointer=prefix)
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        where = f"{prefix}/{escape_pointer(name)}"
+        if not HEADER_NAME.match(name):
+            raise InvalidMessage("header names are HTTP tokens", pointer=where)
+        if BAD_HEADER_VALUE.search(value):
+            raise InvalidMessage("header values may not hold control characters", pointer=where)
+        if len(value) > MAX_HEADER_VALUE:
+            raise InvalidMessage(f"header values are at most {MAX_HEADER_VALUE}", pointer=where)
+        out[name.lower()] = value
+    return out
+
+
+def escape_pointer(token: str) -> str:
     return token.replace("~", "~0").replace("/", "~1")
 
 
 _AT = re.compile(r"^(?P<problem>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 
 
-def _schema_problem(exc: msgspec.ValidationError) -> tuple[str, str | None]:
+def schema_error(exc: msgspec.ValidationError) -> InvalidMessage:
+    """msgspec's 'Expected `int`, got `str` - at `$.priority`' as a 422 naming '/priority'."""
+    detail, pointer = schema_problem(exc, "")
+    return InvalidMessage(detail, pointer=pointer)
+
+
+def schema_problem(exc: msgspec.ValidationError, prefix: str) -> tuple[str, str]:
     """msgspec's 'Expected `int`, got `str` - at `$.priority`' as (detail, '/priority')."""
     match = _AT.match(str(exc))
     assert match is not None  # the pattern matches any text
     problem = match["problem"].replace("`", "")
-    path = match["path"]
-    if path is None:
-        missing = re.match(r"Object missing required field (\S+)", problem)
-        return problem, f"/{missing[1]}" if missing else ""
-    pointer = re.sub(r"\[(\d+)\]", r"/\1", path).replace(".", "/")
+    path = match["path"] or ""
+    pointer = prefix + re.sub(r"\[(\d+)\]", r"/\1", path).replace(".", "/")
+    missing = re.match(r"Object missing required field (\S+)", problem)
     unknown = re.match(r"Object contains unknown field (\S+)", problem)
-    if unknown:
-        pointer = f"{pointer}/{unknown[1]}"
+    if missing or unknown:
+        field = (missing or unknown)[1]  # type: ignore[index]
+        pointer = f"{pointer}/{escape_pointer(field)}"
     return problem, pointer

@@ -80,10 +80,16 @@ class Completion(msgspec.Struct, frozen=True, gc=False):
 
 
 class NewMessage(msgspec.Struct, frozen=True, gc=False):
-    """A validated, routed message ready to be committed: one job per pool."""
+    """A validated, routed message ready to be committed: one job per pool.
+
+    A producer-given id carries `digest` (of tag and payload): the store remembers it until
+    `dedup_until`, so a repeat is a duplicate and the same id with another digest a conflict.
+    """
 
     message: Message
     pools: tuple[str, ...]
+    digest: bytes | None = None
+    dedup_until: float = 0.0
 
 
 class JobStatus(msgspec.Struct, frozen=True):

@@ -66,7 +66,11 @@ class Store(abc.ABC):
     async def enqueue(self, batch: Sequence[NewMessage]) -> list[bool]:
         """Commit messages durably, one job per pool each. Answers, in order, True for a
         message stored now and False for one whose id the store already holds (a duplicate:
-        nothing is written for it). Duplicates within `batch` itself: the first wins."""
+        nothing is written for it). Duplicates within `batch` itself: the first wins.
+
+        A message with a `digest` (a producer-given id) is remembered until `dedup_until`,
+        even after it is delivered and expired; the same id with another digest in that
+        window raises IdConflict (with the item's index) and nothing of `batch` is stored."""
 
     @abc.abstractmethod
     async def claim(self, pool: str, limit: int, now: float) -> Claim:
@@ -114,7 +118,8 @@ class Store(abc.ABC):
     # --- housekeeping, settings, audit ---------------------------------------------------
     @abc.abstractmethod
     async def expire(self, delivered_before: float) -> int:
-        """Forget delivered jobs finished before the given time; returns how many."""
+        """Forget delivered jobs finished before the given time; returns how many. Also
+        forget remembered ids (NewMessage.digest) whose dedup window ended before it."""
 
     @abc.abstractmethod
     async def load_pool_settings(self) -> dict[str, dict[str, object]]:

@@ -11,6 +11,8 @@ survives the process; "durable" is trivially true. Layout:
                to `_ready` first, exactly as the SQLite store moves state 4 to state 0
     _dead ...  DEAD and DELIVERED jobs stay in `_jobs`; the DLQ, `expire` and `counts`
                scan it (fine for tests; SQLite uses indexes)
+    _dedup     message id -> (digest, until): producer-given ids remembered for the dedup
+               window (NewMessage.digest); dropped by `expire` once past
     _settings, _audit   JSON-encoded, so callers get fresh copies with the same types SQLite
                returns
 
@@ -27,7 +29,7 @@ from typing import Any
 
 import msgspec
 
-from ..errors import StoreError
+from ..errors import IdConflict, StoreError
 from ..message import (
     Attempt,
     AuditEntry,
@@ -105,6 +107,7 @@ class MemoryStore(Store):
         self._next_key = 0
         self._settings: dict[str, bytes] = {}
         self._audit: list[bytes] = []
+        self._dedup: dict[str, tuple[bytes, float]] = {}
 
     # --- lifecycle -----------------------------------------------------------------------
     async def open(self) -> int:
@@ -138,13 +141,17 @@ class MemoryStore(Store):
     # --- the hot path --------------------------------------------------------------------
     async def enqueue(self, batch: Sequence[NewMessage]) -> list[bool]:
         self._check()
+        known = self._known_ids(batch)
         out: list[bool] = []
         for new in batch:
             m = new.message
-            if m.id in self._messages:
+            if m.id in self._messages or m.id in known:
                 out.append(False)
                 continue
             out.append(True)
+            if new.digest is not None:
+                self._dedup[m.id] = (new.digest, new.dedup_until)
+                known.add(m.id)
             m = _copy(m)
             jobs: dict[str, _Job] = {}
             self._messages[m.id] = (m, jobs)
@@ -159,6 +166,24 @@ class MemoryStore(Store):
                 else:
                     self._push_ready(job)
         return out
+
+    def _known_ids(self, batch: Sequence[NewMessage]) -> set[str]:
+        """Ids remembered within their dedup window; IdConflict if one comes back (or
+        repeats within `batch`) with another digest. Nothing is written before this."""
+        known: set[str] = set()
+        first: dict[str, bytes] = {}
+        for index, new in enumerate(batch):
+            if new.digest is None:
+                continue
+            m = new.message
+            held = self._dedup.get(m.id)
+            if held is not None and held[1] > m.created_at:
+                known.add(m.id)
+                if held[0] != new.digest:
+                    raise IdConflict(m.id, index)
+            if first.setdefault(m.id, new.digest) != new.digest:
+                raise IdConflict(m.id, index)
+        return known
 
     async def claim(self, pool: str, limit: int, now: float) -> Claim:
         self._check()
@@ -346,6 +371,8 @@ class MemoryStore(Store):
         ]
         for job in old:
             self._drop(job)
+        for key in [k for k, (_, until) in self._dedup.items() if until < delivered_before]:
+            del self._dedup[key]
         return len(old)
 
     async def load_pool_settings(self) -> dict[str, dict[str, object]]:

@@ -1,6 +1,6 @@
 """SQLite store: the embedded, durable default (`sqlite:///path/to/file.db`).
 
-Storage layout, schema version 1 (`PRAGMA user_version`; `_MIGRATIONS` upgrades in order)::
+Storage layout, schema version 2 (`PRAGMA user_version`; `_MIGRATIONS` upgrades in order)::
 
     messages                      one row per accepted message
       mid INTEGER PRIMARY KEY       assigned by the writer thread (max + 1 at open)
@@ -34,6 +34,11 @@ Storage layout, schema version 1 (`PRAGMA user_version`; `_MIGRATIONS` upgrades 
 
     pool_settings(pool TEXT PRIMARY KEY, settings TEXT)      JSON object per pool
     audit(aid INTEGER PRIMARY KEY, at, actor, action, target, detail JSON, count)
+
+    dedup (version 2)             producer-given ids, remembered for the dedup window
+      id TEXT PRIMARY KEY           the message id (WITHOUT ROWID)
+      digest BLOB                   of tag and payload: the same id with another is refused
+      until REAL                    end of the window; `expire` deletes rows past it
 
 States 0 and 4 are both `State.QUEUED` outside. A job written with its available_at ahead
 (a delayed message, a retry, a paced replay) is stored as 4; `claim` first moves the pool's
@@ -75,7 +80,7 @@ from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 import msgspec
 
-from ..errors import StoreError
+from ..errors import IdConflict, StoreError
 from ..message import (
     Attempt,
     AuditEntry,
@@ -163,8 +168,17 @@ def _statements(*sql: str) -> Callable[[sqlite3.Connection], None]:
     return migrate
 
 
+_V2: Final = (
+    "CREATE TABLE dedup (id TEXT PRIMARY KEY, digest BLOB NOT NULL, until REAL NOT NULL)"
+    " WITHOUT ROWID",
+    "CREATE INDEX dedup_until ON dedup (until)",
+)
+
 #: migration i brings the schema from version i to i + 1; append, never edit
-_MIGRATIONS: Final[tuple[Callable[[sqlite3.Connection], None], ...]] = (_statements(*_V1),)
+_MIGRATIONS: Final[tuple[Callable[[sqlite3.Connection], None], ...]] = (
+    _statements(*_V1),
+    _statements(*_V2),
+)
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
 # --- statements on the hot path ----------------------------------------------------------
@@ -627,6 +641,9 @@ class SqliteStore(Store):
                 (_json(ids),),
             )
         }
+        keyed = any(new.digest is not None for new in batch)
+        if keyed:
+            seen |= self._w_known_ids(batch)
         out: list[bool] = []
         messages: list[tuple[Any, ...]] = []
         jobs: list[tuple[Any, ...]] = []
@@ -665,7 +682,35 @@ class SqliteStore(Store):
         self._next_mid = mid
         db.executemany(_INSERT_MESSAGE, messages)
         db.executemany(_INSERT_JOB, jobs)
+        if keyed:
+            db.executemany(
+                "INSERT OR REPLACE INTO dedup (id, digest, until) VALUES (?, ?, ?)",
+                [
+                    (new.message.id, new.digest, new.dedup_until)
+                    for new, fresh in zip(batch, out, strict=True)
+                    if fresh and new.digest is not None
+                ],
+            )
         return out
+
+    def _w_known_ids(self, batch: Sequence[NewMessage]) -> set[str]:
+        """Ids remembered within their dedup window; IdConflict if one comes back (or
+        repeats within `batch`) with another digest. Runs before anything is written."""
+        keyed = [(i, new) for i, new in enumerate(batch) if new.digest is not None]
+        held: dict[str, bytes] = dict(
+            self._w.execute(
+                "SELECT id, digest FROM dedup WHERE id IN (SELECT value FROM json_each(?))"
+                " AND until > ?",
+                (_json([new.message.id for _, new in keyed]), batch[0].message.created_at),
+            ).fetchall()
+        )
+        first: dict[str, bytes] = {}
+        for index, new in keyed:
+            m_id, digest = new.message.id, new.digest
+            assert digest is not None
+            if held.get(m_id, digest) != digest or first.setdefault(m_id, digest) != digest:
+                raise IdConflict(m_id, index)
+        return set(held)
 
     def _w_claim(self, d: _Delta, pool: str, limit: int, now: float) -> Claim:
         db = self._w
@@ -765,6 +810,8 @@ class SqliteStore(Store):
             (before, limit),
         ).fetchall()
         db.execute(_DROP_ORPHANS, (_ids_json(list({m for (m,) in mids})),))
+        if len(mids) < limit:  # the last chunk: forget ids whose dedup window has passed
+            db.execute("DELETE FROM dedup WHERE until < ?", (before,))
         return len(mids)
 
     def _w_save_settings(self, d: _Delta, pool: str, settings: str) -> None:

@@ -1,0 +1,260 @@
+"""HTTP handlers of the operator endpoints: pools, the DLQ, the audit log, and the WebSocket
+subscription of the `websocket` sink. Bodies are strict JSON (see `strictjson`) decoded into
+the structs below; unknown fields are refused. Every action names its actor: the name of the
+token that authorised the request."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any
+
+import msgspec
+from aiohttp import web
+
+from . import ingest
+from .auth import requires
+from .dispatcher import Dispatcher, PoolInfo
+from .errors import InvalidMessage
+from .message import AuditEntry, DlqEntry, DlqFilter
+from .routing import validate_pattern
+from .state import DISPATCHER, PRINCIPAL
+from .timefmt import parse_rfc3339, rfc3339
+
+MAX_LIMIT = 1000
+MAX_IDS = 10_000
+_DLQ_CURSOR = re.compile(r"^[0-9.eE+-]{1,32}:[0-9]{1,18}$")
+_AUDIT_CURSOR = re.compile(r"^[0-9]{1,18}$")
+_encode = msgspec.json.Encoder().encode
+
+Rate = Annotated[float, msgspec.Meta(gt=0, le=1e9)]
+
+
+class PoolPatch(msgspec.Struct, forbid_unknown_fields=True):
+    rate: Rate | msgspec.UnsetType | None = msgspec.UNSET
+    burst: Annotated[int, msgspec.Meta(ge=1, le=1_000_000_000)] | msgspec.UnsetType = msgspec.UNSET
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | msgspec.UnsetType = msgspec.UNSET
+    paused: bool | msgspec.UnsetType = msgspec.UNSET
+
+
+class FilterIn(msgspec.Struct, forbid_unknown_fields=True):
+    pool: str | None = None
+    tag: str | None = None
+    error: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
+    since: str | None = None
+
+
+Ids = Annotated[
+    list[Annotated[str, msgspec.Meta(min_length=1, max_length=255)]],
+    msgspec.Meta(min_length=1, max_length=MAX_IDS),
+]
+
+
+class PurgeIn(msgspec.Struct, forbid_unknown_fields=True):
+    ids: Ids | None = None
+    filter: FilterIn | None = None
+    dry_run: bool = False
+
+
+class ReplayIn(PurgeIn, forbid_unknown_fields=True):
+    rate: Rate | None = None
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=_encode(data), content_type="application/json")
+
+
+def _bad_query(name: str, detail: str) -> ingest.BadRequest:
+    return ingest.BadRequest(f"query parameter {name}: {detail}", pointer=f"?{name}")
+
+
+async def _decode(request: web.Request, kind: type[Any]) -> Any:
+    server = request.app[DISPATCHER].settings.server
+    body = await ingest.read_body(request, server.max_body_bytes, server.request_timeout)
+    ingest.check_json(body)
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as exc:
+        raise ingest.schema_error(exc) from None
+
+
+# --- pools --------------------------------------------------------------------------------
+
+
+@requires("read")
+async def list_pools(request: web.Request) -> web.Response:
+    infos = await request.app[DISPATCHER].pool_infos()
+    return _json({"pools": [_pool(i) for i in infos]})
+
+
+@requires("read")
+async def get_pool(request: web.Request) -> web.Response:
+    return _json(_pool(await request.app[DISPATCHER].pool_info(request.match_info["name"])))
+
+
+@requires("operate")
+async def patch_pool(request: web.Request) -> web.Response:
+    dispatcher: Dispatcher = request.app[DISPATCHER]
+    name = request.match_info["name"]
+    await dispatcher.pool_info(name)  # 404 before reading the body
+    patch: PoolPatch = await _decode(request, PoolPatch)
+    changes = {
+        f: getattr(patch, f)
+        for f in PoolPatch.__struct_fields__
+        if getattr(patch, f) is not msgspec.UNSET
+    }
+    if not changes:
+        raise InvalidMessage("give at least one of rate, burst, concurrency, paused", pointer="")
+    info = await dispatcher.update_pool(name, actor=request[PRINCIPAL].name, **changes)
+    return _json(_pool(info))
+
+
+def _pool(info: PoolInfo) -> dict[str, Any]:
+    out: dict[str, Any] = msgspec.to_builtins(info)
+    out["oldest_age_seconds"] = round(info.oldest_age_seconds, 3)
+    return out
+
+
+# --- dead-letter queue --------------------------------------------------------------------
+
+
+def _limit(request: web.Request) -> int:
+    text = request.query.get("limit", "50")
+    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+        raise _bad_query("limit", f"an integer from 1 to {MAX_LIMIT}")
+    return int(text)
+
+
+def _since(text: str | None, error: Exception) -> float | None:
+    if text is None:
+        return None
+    try:
+        since = parse_rfc3339(text)
+    except (ValueError, OverflowError):
+        raise error from None
+    if not math.isfinite(since):
+        raise error
+    return since
+
+
+@requires("read")
+async def list_dlq(request: web.Request) -> web.Response:
+    q = request.query
+    cursor = q.get("cursor")
+    if cursor is not None and not (_DLQ_CURSOR.match(cursor) and _finite_prefix(cursor)):
+        raise _bad_query("cursor", "not a cursor this API returned")
+    selector = DlqFilter(
+        pool=q.get("pool"),
+        tag=q.get("tag"),
+        error=q.get("error"),
+        since=_since(q.get("since"), _bad_query("since", "an RFC 3339 time with an offset")),
+    )
+    entries, next_cursor = await request.app[DISPATCHER].dlq_list(
+        selector, limit=_limit(request), cursor=cursor
+    )
+    return _json({"items": [_dlq_item(e) for e in entries], "next_cursor": next_cursor})
+
+
+def _finite_prefix(cursor: str) -> bool:
+    try:
+        return math.isfinite(float(cursor.rsplit(":", 1)[0]))
+    except ValueError:
+        return False
+
+
+def payload_value(payload: bytes) -> Any:
+    """The payload as JSON to embed in a response: as is when it is JSON (no re-encoding),
+    else as text."""
+    try:
+        msgspec.json.decode(payload)
+    except msgspec.DecodeError:
+        return payload.decode("utf-8", "replace")
+    return msgspec.Raw(payload)
+
+
+def _dlq_item(e: DlqEntry) -> dict[str, Any]:
+    m = e.message
+    return {
+        "id": m.id,
+        "pool": e.pool,
+        "tag": m.tag,
+        "attempts": e.attempts,
+        "error": e.error,
+        "failed_at": rfc3339(e.failed_at),
+        "payload": payload_value(m.payload),
+        "reason": e.reason,
+        "created_at": rfc3339(m.created_at),
+    }
+
+
+def _selector(body: PurgeIn) -> DlqFilter:
+    if (body.ids is None) == (body.filter is None):
+        raise InvalidMessage("give exactly one of ids and filter", pointer="/ids")
+    if body.ids is not None:
+        return DlqFilter(ids=tuple(body.ids))
+    f = body.filter
+    assert f is not None
+    error = InvalidMessage("an RFC 3339 time with an offset", pointer="/filter/since")
+    return DlqFilter(pool=f.pool, tag=f.tag, error=f.error, since=_since(f.since, error))
+
+
+@requires("operate")
+async def replay_dlq(request: web.Request) -> web.Response:
+    body: ReplayIn = await _decode(request, ReplayIn)
+    count = await request.app[DISPATCHER].dlq_replay(
+        _selector(body), actor=request[PRINCIPAL].name, dry_run=body.dry_run, rate=body.rate
+    )
+    return _json({"count": count, "dry_run": body.dry_run})
+
+
+@requires("operate")
+async def purge_dlq(request: web.Request) -> web.Response:
+    body: PurgeIn = await _decode(request, PurgeIn)
+    count = await request.app[DISPATCHER].dlq_purge(
+        _selector(body), actor=request[PRINCIPAL].name, dry_run=body.dry_run
+    )
+    return _json({"count": count, "dry_run": body.dry_run})
+
+
+# --- audit and subscriptions --------------------------------------------------------------
+
+
+@requires("read")
+async def list_audit(request: web.Request) -> web.Response:
+    cursor = request.query.get("cursor")
+    if cursor is not None and not _AUDIT_CURSOR.match(cursor):
+        raise _bad_query("cursor", "not a cursor this API returned")
+    entries, next_cursor = await request.app[DISPATCHER].audit_list(
+        limit=_limit(request), cursor=cursor
+    )
+    return _json({"items": [_audit_item(e) for e in entries], "next_cursor": next_cursor})
+
+
+def _audit_item(e: AuditEntry) -> dict[str, Any]:
+    return {
+        "at": rfc3339(e.at),
+        "actor": e.actor,
+        "action": e.action,
+        "target": e.target,
+        "detail": e.detail,
+        "count": e.count,
+    }
+
+
+@requires("read")
+async def subscribe(request: web.Request) -> web.StreamResponse:
+    """WebSocket: receive the messages of `websocket` pools whose tag matches `tag` (a route
+    pattern); ack each with {"ack": id} (see sinks/websocket.py for the frames)."""
+    pattern = request.query.get("tag")
+    if not pattern:
+        raise _bad_query("tag", "a tag pattern is required")
+    try:
+        validate_pattern(pattern)
+    except ValueError as exc:
+        raise _bad_query("tag", str(exc)) from None
+    ws: web.WebSocketResponse = web.WebSocketResponse(heartbeat=30.0)
+    if not ws.can_prepare(request).ok:
+        raise _bad_query("tag", "this endpoint speaks WebSocket only (send Upgrade: websocket)")
+    await ws.prepare(request)
+    await request.app[DISPATCHER].sink_context.hub.serve(ws, pattern)
+    return ws
