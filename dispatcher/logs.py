@@ -27,8 +27,8 @@ from opentelemetry import trace
 from .message import Completion, Job
 from .middleware import Middleware
 
-#: The attempt being delivered on this task: (job, attempt number).
-current_attempt: ContextVar[tuple[Job, int] | None] = ContextVar("dispatcher_attempt", default=None)
+#: The job being attempted on this task (its attempt number is job.attempts + 1).
+current_attempt: ContextVar[Job | None] = ContextVar("dispatcher_attempt", default=None)
 
 FIELDS = ("message_id", "pool", "attempt", "trace_id", "span_id", "task")
 _encoder = msgspec.json.Encoder()
@@ -38,15 +38,14 @@ log = logging.getLogger("dispatcher.delivery")
 def context_fields(record: logging.LogRecord) -> dict[str, Any]:
     """The contextual fields of a record, explicit `extra=` values first."""
     fields: dict[str, Any] = {}
-    current = current_attempt.get()
-    if current is not None:
-        job, n = current
-        fields.update(message_id=job.message.id, pool=job.pool, attempt=n)
+    job = current_attempt.get()
+    if job is not None:
+        fields.update(message_id=job.message.id, pool=job.pool, attempt=job.attempts + 1)
     span = trace.get_current_span().get_span_context()
     if span.is_valid:
         fields.update(trace_id=f"{span.trace_id:032x}", span_id=f"{span.span_id:016x}")
-    elif current is not None and current[0].message.trace:
-        tp = current[0].message.trace
+    elif job is not None and job.message.trace:
+        tp = job.message.trace
         fields.update(trace_id=tp[3:35], span_id=tp[36:52])
     try:
         task = asyncio.current_task()
@@ -174,7 +173,7 @@ class LogContextMiddleware(Middleware):
     (WARNING). Never the payload; the error text is the sink's classification."""
 
     def before_attempt(self, job: Job, attempt: int) -> object:
-        return current_attempt.set((job, attempt))
+        return current_attempt.set(job)  # no tuple: this runs for every attempt
 
     def after_attempt(self, completion: Completion, state: object) -> None:
         try:
