@@ -10,10 +10,6 @@ import pytest
 from dispatcher.app import create_app
 from dispatcher.config import settings_from_dict
 
-# Tolerated: app.auth_middleware stores the principal under a str key (aiohttp 3.14 warns);
-# remove once it uses a web.RequestKey.
-pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
-
 TOKENS = [
     {"name": "ops", "token": "adm", "scopes": ["admin"]},
     {"name": "app", "token": "reader", "scopes": ["read", "operate", "produce"]},

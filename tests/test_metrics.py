@@ -24,10 +24,6 @@ from .conftest import require_service
 from .helpers import Receiver, eventually, receiver, webhook_settings
 from .metrics_helpers import parse, scrape, value
 
-# Tolerated: app.auth_middleware stores the principal under a str key (aiohttp 3.14 warns);
-# remove once it uses a web.RequestKey.
-pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
-
 ADMIN = {"Authorization": "Bearer adm"}
 POOLS = ("ok", "flaky", "dead", "perm", "slow")
 AUTH = {"tokens": [{"name": "ops", "token": "adm", "scopes": ["admin"]}]}

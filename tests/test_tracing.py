@@ -20,10 +20,6 @@ from dispatcher.state import DISPATCHER
 from .helpers import eventually, receiver, webhook_settings
 from .metrics_helpers import scrape
 
-# Tolerated: app.auth_middleware stores the principal under a str key (aiohttp 3.14 warns);
-# remove once it uses a web.RequestKey.
-pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
-
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 
