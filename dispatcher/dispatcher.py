@@ -159,7 +159,7 @@ class Dispatcher:
                 random=self._random,
                 chain=chain,
             )
-            self._apply_overrides(pool, overrides.get(name, {}))
+            self._apply_overrides(pool, overrides.get(name, {}), starting=True)
             c = counts.get(name, PoolCounts())
             self._outstanding[name] = c.ready + c.scheduled + c.claimed
             self._attempt_totals[name] = [0, 0]
@@ -236,30 +236,35 @@ class Dispatcher:
         if self._disk_low:
             raise Unavailable("free disk space is below store.min_free_bytes", retry_after=30.0)
         now = self._clock()
+        route = self.router.route
         dedup_window = self.settings.store.dedup_window
+        ids = self._ids.many(len(items))
         batch: list[NewMessage] = []
-        wanted: dict[str, int] = {}
+        per_route: dict[tuple[str, ...], int] = {}  # count per distinct pool tuple, not per pool
         for index, item in enumerate(items):
-            pools = self.router.route(item.tag)
+            pools = route(item.tag)
             if not pools:
                 pointer = "/tag" if len(items) == 1 else f"/{index}/tag"
                 raise Unroutable(f"no route matches tag {item.tag!r}", pointer=pointer)
-            for pool in pools:
-                wanted[pool] = wanted.get(pool, 0) + 1
+            per_route[pools] = per_route.get(pools, 0) + 1
             message = Message(
-                id=item.id or self._ids(),
-                tag=item.tag,
-                payload=item.payload,
-                created_at=now,
-                priority=item.priority,
-                available_at=now + item.delay if item.delay > 0 else now,
-                headers=item.headers,
-                trace=item.trace,
+                item.id or ids[index],
+                item.tag,
+                item.payload,
+                now,
+                item.priority,
+                now + item.delay if item.delay > 0 else now,
+                item.headers,
+                item.trace,
             )
             if item.id is None:
                 batch.append(NewMessage(message, pools))
             else:  # a producer's id: remembered for the dedup window, with a content digest
                 batch.append(NewMessage(message, pools, _digest(item), now + dedup_window))
+        wanted: dict[str, int] = {}
+        for pools, n in per_route.items():
+            for pool in pools:
+                wanted[pool] = wanted.get(pool, 0) + n
         self._reserve(wanted)
         try:
             stored = await self.store.enqueue(batch)
@@ -406,7 +411,9 @@ class Dispatcher:
         return out
 
     @staticmethod
-    def _apply_overrides(pool: Pool, overrides: Mapping[str, Any]) -> None:
+    def _apply_overrides(
+        pool: Pool, overrides: Mapping[str, Any], *, starting: bool = False
+    ) -> None:
         cfg: PoolConfig = pool.config
         rate = overrides.get("rate", cfg.rate)
         burst = overrides.get("burst")
@@ -417,8 +424,8 @@ class Dispatcher:
             burst=int(burst),
             concurrency=int(overrides.get("concurrency", cfg.concurrency)),
         )
-        if overrides.get("paused") and not pool.paused:
-            pool.paused = True  # before start: nothing claimed yet, nothing to release
+        if starting and overrides.get("paused"):
+            pool.paused = True  # nothing claimed yet; at run time set_paused() does the work
 
     async def dlq_list(
         self, selector: DlqFilter, *, limit: int = 50, cursor: str | None = None

@@ -306,3 +306,24 @@ async def test_live_changes_persist_across_restart(tmp_path: Path) -> None:
             assert (info.rate, info.burst, info.concurrency, info.paused) == (5, 2, 2, True)
             info = await d.reset_pool("p", actor="t")
             assert (info.rate, info.concurrency, info.paused) == (100, 4, False)
+
+
+async def test_pause_hands_the_claimed_window_back_to_the_store(
+    store_config: dict[str, Any],
+) -> None:
+    async with receiver() as rec:
+        rec.delay = 0.2
+        settings = webhook_settings(
+            rec.url,
+            {"p": {"concurrency": 2}},
+            [{"match": "t", "pools": ["p"]}],
+            store=store_config,
+        )
+        async with running(Dispatcher(settings)) as d:
+            await d.publish([msg("t", i) for i in range(50)])
+            await eventually(lambda: rec.in_flight == 2)
+            await d.update_pool("p", paused=True, actor="t")
+            await eventually(lambda: d.pools["p"].busy == 0)
+            counts = (await d.store.counts(time.time()))["p"]
+            assert counts.claimed == 0, counts  # nothing stranded in memory while paused
+            assert counts.ready == 50 - len(rec.requests)
