@@ -26,21 +26,34 @@ class Middleware:
         return None
 
 
-class Chain:
-    """Calls a fixed sequence of middleware safely. Built once per pool, not per message."""
+def _overrides(mw: Middleware, hook: str) -> bool:
+    return getattr(type(mw), hook) is not getattr(Middleware, hook)
 
-    __slots__ = ("_middleware", "_reversed")
+
+class Chain:
+    """Calls a fixed sequence of middleware safely. Built once per pool, not per message:
+    which middleware override which hook is worked out here, so an attempt calls only real
+    hooks and allocates at most one small list (the states of `before_attempt` hooks)."""
+
+    __slots__ = ("_after", "_before")
 
     def __init__(self, middleware: Sequence[Middleware]) -> None:
-        self._middleware = tuple(middleware)
-        self._reversed = tuple(reversed(self._middleware))
+        ordered = tuple(middleware)
+        self._before = tuple(mw for mw in ordered if _overrides(mw, "before_attempt"))
+        slot = {id(mw): i for i, mw in enumerate(self._before)}
+        # after_attempt runs in reverse order, each with the state its before_attempt made
+        self._after = tuple(
+            (mw, slot.get(id(mw), -1))
+            for mw in reversed(ordered)
+            if _overrides(mw, "after_attempt")
+        )
 
     def __bool__(self) -> bool:
-        return bool(self._middleware)
+        return bool(self._before or self._after)
 
     def before(self, job: Job, attempt: int) -> list[object]:
         states: list[object] = []
-        for mw in self._middleware:
+        for mw in self._before:
             try:
                 states.append(mw.before_attempt(job, attempt))
             except Exception:
@@ -49,8 +62,8 @@ class Chain:
         return states
 
     def after(self, completion: Completion, states: list[object]) -> None:
-        for mw, state in zip(self._reversed, reversed(states), strict=True):
+        for mw, i in self._after:
             try:
-                mw.after_attempt(completion, state)
+                mw.after_attempt(completion, states[i] if i >= 0 else None)
             except Exception:
                 log.exception("middleware %s failed after an attempt", type(mw).__name__)
