@@ -9,6 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+# The app is the edge that composes API and console; nothing below it imports the console.
+import console
+
 from . import api, observability
 from .auth import Authenticator
 from .config import Settings
@@ -97,7 +100,7 @@ def create_app(
     app.cleanup_ctx.append(_run_dispatcher)
     api.add_routes(app)
     observability.setup(app)  # /metrics, /debug/tasks; request metrics and SERVER spans
-    __import__("console").setup(app)  # the edge mounts the console; the core never imports it
+    console.setup(app)
     return app
 
 
