@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, field_problem
 from .routing import validate_pattern
 
 POOL_NAME = re.compile(r"^[a-z0-9_-]{1,64}$")
@@ -224,23 +224,14 @@ def settings_from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = N
     return settings
 
 
-_AT = re.compile(r"^(?P<problem>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
-
-
 def _from_msgspec(exc: msgspec.ValidationError, prefix: str = "") -> ConfigError:
-    match = _AT.match(str(exc))
-    assert match is not None  # the pattern matches any text
-    path = f"{prefix}{match['path'] or ''}".lstrip(".")
-    path = re.sub(r"\[(\d+)\]", r".\1", path)
-    problem = match["problem"].replace("`", "")
-    problem = problem[:1].lower() + problem[1:]
-    unknown = re.match(r"object contains unknown field (\S+)", problem)
-    if unknown:  # name the bad key itself, not its parent
-        return ConfigError(f"{path}.{unknown[1]}".lstrip("."), "unknown key")
-    missing = re.match(r"object missing required field (\S+)", problem)
-    if missing:
-        return ConfigError(f"{path}.{missing[1]}".lstrip("."), "required")
-    return ConfigError(path, problem)
+    found = field_problem(exc)
+    path = ".".join(filter(None, (prefix, *found.path)))
+    if found.kind == "unknown":
+        return ConfigError(path, "unknown key")
+    if found.kind == "missing":
+        return ConfigError(path, "required")
+    return ConfigError(path, found.problem[:1].lower() + found.problem[1:])
 
 
 def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:

@@ -20,6 +20,11 @@ a sink raises is a retryable failure with its text recorded as the attempt's err
 
 from __future__ import annotations
 
+import re
+from typing import NamedTuple
+
+import msgspec
+
 
 class DispatcherError(Exception):
     """Base of every error the dispatcher raises on purpose."""
@@ -118,3 +123,29 @@ class Permanent(DeliveryError):
     """The attempt can never succeed (a 4xx, a malformed payload): dead-letter at once."""
 
     retryable = False
+
+
+class FieldProblem(NamedTuple):
+    """A msgspec validation error taken apart, for callers that word it their own way
+    (config: `pools.email.retry.max_attempts: ...`; the API: a JSON pointer)."""
+
+    path: tuple[str, ...]  # keys and list indexes down to the offending field
+    problem: str  # msgspec's words without backticks: "Expected int, got str"
+    kind: str  # "unknown" (a field not in the schema), "missing" or "invalid"
+
+
+_AT = re.compile(r"^(?P<problem>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_STEP = re.compile(r"\.([^.\[]+)|\[([^\]]+)\]")
+_FIELD = re.compile(r"^Object (contains unknown|missing required) field `([^`]+)`")
+
+
+def field_problem(exc: msgspec.ValidationError) -> FieldProblem:
+    match = _AT.match(str(exc))
+    assert match is not None  # the pattern matches any text
+    path = tuple(a or b for a, b in _STEP.findall(match["path"] or ""))
+    field = _FIELD.match(match["problem"])
+    kind = "invalid"
+    if field:  # name the field itself, not the object holding it
+        kind = "unknown" if field[1] == "contains unknown" else "missing"
+        path = (*path, field[2])
+    return FieldProblem(path, match["problem"].replace("`", ""), kind)

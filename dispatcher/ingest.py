@@ -18,7 +18,7 @@ from aiohttp import web
 
 from . import strictjson
 from .dispatcher import Publish
-from .errors import InvalidMessage, Rejected
+from .errors import InvalidMessage, Rejected, field_problem
 from .routing import MAX_TAG_LENGTH, is_valid_tag
 
 MAX_BATCH = 1000
@@ -207,9 +207,6 @@ def escape_pointer(token: str) -> str:
     return token.replace("~", "~0").replace("/", "~1")
 
 
-_AT = re.compile(r"^(?P<problem>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
-
-
 def schema_error(exc: msgspec.ValidationError) -> InvalidMessage:
     """msgspec's 'Expected `int`, got `str` - at `$.priority`' as a 422 naming '/priority'."""
     detail, pointer = schema_problem(exc, "")
@@ -218,14 +215,5 @@ def schema_error(exc: msgspec.ValidationError) -> InvalidMessage:
 
 def schema_problem(exc: msgspec.ValidationError, prefix: str) -> tuple[str, str]:
     """msgspec's 'Expected `int`, got `str` - at `$.priority`' as (detail, '/priority')."""
-    match = _AT.match(str(exc))
-    assert match is not None  # the pattern matches any text
-    problem = match["problem"].replace("`", "")
-    path = match["path"] or ""
-    pointer = prefix + re.sub(r"\[(\d+)\]", r"/\1", path).replace(".", "/")
-    missing = re.match(r"Object missing required field (\S+)", problem)
-    unknown = re.match(r"Object contains unknown field (\S+)", problem)
-    if missing or unknown:
-        field = (missing or unknown)[1]  # type: ignore[index]
-        pointer = f"{pointer}/{escape_pointer(field)}"
-    return problem, pointer
+    found = field_problem(exc)
+    return found.problem, prefix + "".join(f"/{escape_pointer(step)}" for step in found.path)

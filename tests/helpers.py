@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -66,9 +66,13 @@ class Receiver:
                 await self.arrived.wait()
 
 
+R = TypeVar("R", bound=Receiver)
+
+
 @asynccontextmanager
-async def receiver() -> AsyncIterator[Receiver]:
-    rec = Receiver()
+async def receiver(factory: Callable[[], R] = Receiver) -> AsyncIterator[R]:
+    """A Receiver (or a subclass, via `factory`) serving on a loopback port."""
+    rec = factory()
     app = web.Application()
     app.router.add_post("/{name}", rec.handle)
     runner = web.AppRunner(app, shutdown_timeout=0.1)

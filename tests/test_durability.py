@@ -22,7 +22,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -296,21 +296,8 @@ class FinishingReceiver(Receiver):
         return response
 
 
-@asynccontextmanager
-async def finishing_receiver() -> AsyncIterator[FinishingReceiver]:
-    rec = FinishingReceiver()
-    app = web.Application()
-    app.router.add_post("/{name}", rec.handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    rec.url = f"http://{host}:{port}"
-    try:
-        yield rec
-    finally:
-        await runner.cleanup()
+def finishing_receiver() -> AbstractAsyncContextManager[FinishingReceiver]:
+    return receiver(FinishingReceiver)
 
 
 CONCURRENCY = 4
