@@ -499,6 +499,9 @@ class Dispatcher:
             raise Unavailable(f"the store is unavailable: {exc}", retry_after=5.0) from exc
         self.pools[pool].notify()
         await self.store.dlq_purge(selector)
+        # One replay as far as dispatcher_dlq_replayed_total goes: the old entry's removal is
+        # part of it, not an operator purge.
+        self.metrics.dlq_replayed({pool: 1})
         await self._audit(actor, "dlq.edit_replay", f"{message_id} ({pool})", {"new_id": new.id}, 1)
         return new.id
 

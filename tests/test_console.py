@@ -406,6 +406,10 @@ async def test_edit_payload_then_replay(client: Client, rec: Receiver) -> None:
     assert old in page
     (entry, *_), _ = await dispatcher.audit_list()
     assert (entry.action, entry.detail) == ("dlq.edit_replay", {"new_id": new_id})
+    registry = dispatcher.metrics.registry
+    labels = {"pool": "email"}
+    assert registry.get_sample_value("dispatcher_dlq_replayed_total", labels) == 1
+    assert registry.get_sample_value("dispatcher_dlq_purged_total", labels) == 0
 
 
 async def test_payload_markup_is_only_text(client: Client, rec: Receiver) -> None:
