@@ -67,10 +67,18 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     """The whole body, refusing (413) as soon as it is known to exceed `limit`: from
     Content-Length before reading anything, or while reading a chunked body. A body that
     trickles in for longer than `timeout` seconds is cut off (408); other requests go on."""
-    if request.content_length is not None and request.content_length > limit:
-        raise TooLarge(f"the body is {request.content_length} bytes; the limit is {limit}")
-    chunks: list[bytes] = []
-    size = 0
+    length = request.content_length
+    if length is not None and length > limit:
+        raise TooLarge(f"the body is {length} bytes; the limit is {limit}")
+    # A small body usually came in the same packet as the headers: take what is buffered
+    # and skip the timeout and iterator machinery when that is all of it.
+    first = request.content.read_nowait()
+    if length is not None and len(first) == length:
+        return first
+    chunks: list[bytes] = [first] if first else []
+    size = len(first)
+    if size > limit:
+        raise TooLarge(f"the body exceeds the limit of {limit} bytes")
     try:
         async with asyncio.timeout(timeout):
             async for chunk in request.content.iter_chunked(65536):
