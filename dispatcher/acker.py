@@ -48,6 +48,7 @@ class Acker:
             self._pending.clear()
             while self._buffer:
                 batch = self._buffer[:MAX_BATCH]
+                applied = batch
                 try:
                     await self._store.complete(batch)
                 except StoreError:
@@ -56,14 +57,36 @@ class Acker:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
+                except Exception:
+                    # Not the store being unavailable but something in the batch it cannot
+                    # take: write the rest one by one rather than block every pool on it.
+                    self.failures += 1
+                    log.exception("an outcome in a batch of %d was refused", len(batch))
+                    applied = await self._one_by_one(batch)
                 backoff = 0.1
                 del self._buffer[: len(batch)]
                 try:
-                    self._on_applied(batch)
+                    self._on_applied(applied)
                 except Exception:
                     log.exception("after-ack hook failed")
             if not self._buffer:
                 self._idle.set()
+
+    async def _one_by_one(self, batch: list[Completion]) -> list[Completion]:
+        applied: list[Completion] = []
+        for completion in batch:
+            try:
+                await self._store.complete([completion])
+            except Exception:
+                # Its job stays CLAIMED, so the next start delivers it again: at-least-once.
+                log.exception(
+                    "dropped the outcome of message %s in pool %s",
+                    completion.job.message.id,
+                    completion.job.pool,
+                )
+            else:
+                applied.append(completion)
+        return applied
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until every completion handed over so far is written."""

@@ -120,7 +120,8 @@ def _pool(info: PoolInfo) -> dict[str, Any]:
 
 def _limit(request: web.Request) -> int:
     text = request.query.get("limit", "50")
-    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+    # isascii: str.isdigit() also accepts "²", which int() refuses (a 500, not a 400)
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_LIMIT:
         raise _bad_query("limit", f"an integer from 1 to {MAX_LIMIT}")
     return int(text)
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from .acker import Acker
 from .config import PoolConfig
-from .errors import DeliveryError, StoreError
+from .errors import DeliveryError
 from .message import Attempt, Completion, Job, Outcome
 from .middleware import Chain
 from .ratelimit import TokenBucket
@@ -35,6 +35,15 @@ log = logging.getLogger("dispatcher.pool")
 
 MAX_ERROR_LENGTH = 1000
 _IDLE_POLL = 5.0  # seconds; a safety net: new work is normally announced by notify()
+
+
+def clean_error(text: str) -> str:
+    """An attempt's error as storable text: bounded, and valid UTF-8 even when an exception
+    carried lone surrogates (a file name decoded with surrogateescape, say), which no JSON
+    encoder or database driver would accept."""
+    if len(text) > MAX_ERROR_LENGTH:
+        text = text[:MAX_ERROR_LENGTH] + "…"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class _Worker:
@@ -203,10 +212,14 @@ class Pool:
             return
         jobs = list(self._window)
         self._window.clear()
+        await self._release(jobs)
+
+    async def _release(self, jobs: list[Job]) -> None:
         try:
             await self._store.release(jobs)
-        except StoreError:
-            # Still CLAIMED in the store: the next start requeues them. Nothing is lost.
+        except Exception:
+            # Still CLAIMED in the store: the next start requeues them. Nothing is lost, and
+            # the feeder (our caller, often) must live on.
             log.exception("pool %s could not release %d jobs", self.name, len(jobs))
 
     async def _feed_loop(self) -> None:
@@ -222,13 +235,15 @@ class Pool:
             generation = self._generation
             try:
                 claim = await self._store.claim(self.name, want, now)
-            except StoreError:
+            except Exception:
+                # Whatever the store raised, the feeder is this pool's only source of work:
+                # if it died, the pool would stall until a restart. Log and try again.
                 log.exception("pool %s could not claim; retrying in 1s", self.name)
                 await asyncio.sleep(1.0)
                 continue
             if self.paused or self._stopping:
                 if claim.jobs:
-                    await self._store.release(claim.jobs)
+                    await self._release(claim.jobs)
                 continue
             if claim.jobs:
                 self._window.extend(claim.jobs)
@@ -333,8 +348,8 @@ class Pool:
             error = f"timed out after {self.config.timeout:g}s"
         duration = time.monotonic() - start
         worker.job = None
-        if error is not None and len(error) > MAX_ERROR_LENGTH:
-            error = error[:MAX_ERROR_LENGTH] + "…"
+        if error is not None:
+            error = clean_error(error)
         attempt = Attempt(n, started_at, duration, outcome, error)
         if outcome is Outcome.SUCCESS:
             completion = Completion(job, attempt)
