@@ -1,6 +1,7 @@
 """Engine benchmarks (issue 2). Prints numbers; asserts nothing.
 
     python -m tests.bench.bench_engine throughput [--store sqlite|memory] [--messages N]
+        [--producers N]
     python -m tests.bench.bench_engine latency [--rate 500] [--seconds 10]
     python -m tests.bench.bench_engine backlog [--messages 1000000]
 
@@ -76,7 +77,7 @@ def _url(store: str, directory: str) -> str:
     return f"sqlite:///{directory}/bench.db" if store == "sqlite" else "memory://"
 
 
-async def throughput(store: str, messages: int, batch: int) -> float:
+async def throughput(store: str, messages: int, batch: int, producers: int = 1) -> float:
     with tempfile.TemporaryDirectory() as directory:
         settings = _settings(_url(store, directory), "tests.bench.handlers:noop")
         dispatcher = Dispatcher(settings)
@@ -85,8 +86,13 @@ async def throughput(store: str, messages: int, batch: int) -> float:
         payload = b'{"user": 42, "event": "click", "path": "/home"}'
         cpu_before = thread_cpu()
         started = time.perf_counter()
-        for _ in range(messages // batch):
-            await dispatcher.publish([Publish("bench.click", payload) for _ in range(batch)])
+        batches = iter(range(messages // batch))
+
+        async def producer() -> None:
+            for _ in batches:  # shared: the producers take turns, batch by batch
+                await dispatcher.publish([Publish("bench.click", payload) for _ in range(batch)])
+
+        await asyncio.gather(*(producer() for _ in range(producers)))
         published = time.perf_counter()
         await asyncio.wait_for(handlers.state["done"].wait(), timeout=600)
         delivered = time.perf_counter()
@@ -95,7 +101,7 @@ async def throughput(store: str, messages: int, batch: int) -> float:
         await dispatcher.stop()
     rate = messages / (delivered - started)
     print(
-        f"throughput store={store} messages={messages} batch={batch}: "
+        f"throughput store={store} messages={messages} batch={batch} producers={producers}: "
         f"publish {messages / (published - started):,.0f}/s, "
         f"end to end {rate:,.0f} messages/s ({delivered - started:.2f} s)"
     )
@@ -161,11 +167,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--store", default="sqlite", choices=["sqlite", "memory"])
     parser.add_argument("--messages", type=int, default=None)
     parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--producers", type=int, default=1, help="batches in flight at once")
     parser.add_argument("--rate", type=float, default=500)
     parser.add_argument("--seconds", type=float, default=10)
     args = parser.parse_args(argv)
     if args.kind == "throughput":
-        asyncio.run(throughput(args.store, args.messages or 100_000, args.batch))
+        asyncio.run(throughput(args.store, args.messages or 100_000, args.batch, args.producers))
     elif args.kind == "latency":
         asyncio.run(latency(args.store, args.rate, args.seconds))
     else:
