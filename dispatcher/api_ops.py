@@ -15,7 +15,7 @@ from aiohttp import web
 from . import ingest
 from .auth import requires
 from .dispatcher import Dispatcher, PoolInfo
-from .errors import InvalidMessage
+from .errors import BadRequest, InvalidMessage
 from .message import AuditEntry, DlqEntry, DlqFilter
 from .routing import validate_pattern
 from .state import DISPATCHER, PRINCIPAL
@@ -64,8 +64,8 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=_encode(data), content_type="application/json")
 
 
-def _bad_query(name: str, detail: str) -> ingest.BadRequest:
-    return ingest.BadRequest(f"query parameter {name}: {detail}", pointer=f"?{name}")
+def _bad_query(name: str, detail: str) -> BadRequest:
+    return BadRequest(f"query parameter {name}: {detail}", pointer=f"?{name}")
 
 
 async def _decode(request: web.Request, kind: type[Any]) -> Any:

@@ -2,7 +2,10 @@
 
     DispatcherError
      ├── ConfigError            a setting was refused; carries the dotted path of the key
-     ├── Rejected               ingest refused a message (maps to an HTTP status)
+     ├── Rejected               a request was refused, nothing changed (maps to an HTTP status)
+     │    ├── BadRequest        400: an unparseable body (bad JSON or UTF-8) or query
+     │    ├── RequestTimeout    408: the body trickled in for longer than allowed
+     │    ├── TooLarge          413: the body exceeds server.max_body_bytes
      │    ├── InvalidMessage    422: valid JSON that breaks the schema
      │    ├── Unroutable        422: no route matches the tag
      │    ├── IdConflict        422: an id reused within the dedup window for other content
@@ -50,6 +53,21 @@ class Rejected(DispatcherError):
         super().__init__(detail)
         self.detail = detail
         self.pointer = pointer
+
+
+class BadRequest(Rejected):
+    status = 400
+    reason = "invalid"
+
+
+class RequestTimeout(Rejected):
+    status = 408
+    reason = "invalid"
+
+
+class TooLarge(Rejected):
+    status = 413
+    reason = "too_large"
 
 
 class InvalidMessage(Rejected):

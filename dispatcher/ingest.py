@@ -18,7 +18,7 @@ from aiohttp import web
 
 from . import strictjson
 from .dispatcher import Publish
-from .errors import InvalidMessage, Rejected, field_problem
+from .errors import BadRequest, InvalidMessage, RequestTimeout, TooLarge, field_problem
 from .routing import MAX_TAG_LENGTH, is_valid_tag
 
 MAX_BATCH = 1000
@@ -31,23 +31,6 @@ HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")
 TRACEPARENT = re.compile(r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
 # Control characters (CR, LF and NUL among them) may not travel on into webhook headers.
 BAD_HEADER_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-
-
-class BadRequest(Rejected):
-    """400: the body is not parseable (bad JSON, bad UTF-8, duplicate keys...)."""
-
-    status = 400
-    reason = "invalid"
-
-
-class TooLarge(Rejected):
-    status = 413
-    reason = "too_large"
-
-
-class RequestTimeout(Rejected):
-    status = 408
-    reason = "invalid"
 
 
 class MessageIn(msgspec.Struct, forbid_unknown_fields=True):
