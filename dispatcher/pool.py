@@ -281,6 +281,9 @@ class Pool:
                 self._feed.set()
                 # Yield once so the feeder sends its claim while we work on this job.
                 await asyncio.sleep(0)
+                if self.paused or self._stopping:
+                    window.appendleft(job)  # paused meanwhile: the job is not ours to start
+                    continue
             if self.rate is not None and not await self._take_token():
                 window.appendleft(job)  # paused or stopping while we waited for a token
                 continue

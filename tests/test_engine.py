@@ -194,10 +194,7 @@ async def test_exhausted_attempts_land_in_dlq_then_replay_and_purge(
             status = await eventually(lambda: _dead(d, second.id))
             job = status.jobs[0]
             assert job.dead_reason == "max_attempts"
-            assert [a.error for a in job.attempts] == ["HTTP 500"] * 3 or all(
-                "500" in (a.error or "") for a in job.attempts
-            )
-            assert len(job.attempts) == 3
+            assert [a.error for a in job.attempts] == ["HTTP 500"] * 3
             assert await d.dlq_count(DlqFilter()) == 2
             assert await d.dlq_replay(DlqFilter(ids=(first.id,)), actor="t", dry_run=True) == 1
             assert len(rec.requests) == 6
@@ -323,7 +320,12 @@ async def test_pause_hands_the_claimed_window_back_to_the_store(
             await d.publish([msg("t", i) for i in range(50)])
             await eventually(lambda: rec.in_flight == 2)
             await d.update_pool("p", paused=True, actor="t")
-            await eventually(lambda: d.pools["p"].busy == 0)
-            counts = (await d.store.counts(time.time()))["p"]
-            assert counts.claimed == 0, counts  # nothing stranded in memory while paused
+
+            async def settled() -> Any:
+                counts = (await d.store.counts(time.time()))["p"]
+                return counts if d.pools["p"].busy == 0 and counts.claimed == 0 else None
+
+            # Without the release, a window of jobs would stay CLAIMED for as long as the
+            # pool is paused; running attempts finish and their outcomes get written.
+            counts = await eventually(settled, timeout=5)
             assert counts.ready == 50 - len(rec.requests)

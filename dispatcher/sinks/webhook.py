@@ -155,13 +155,14 @@ class WebhookSink(Sink):
             raise Retry(
                 f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             ) from None
-        text = head.decode("utf-8", "replace")[:ERROR_TEXT_CHARS]
+        text = head.decode("utf-8", "replace")[:ERROR_TEXT_CHARS].strip()
+        error = f"HTTP {status}: {text}" if text else f"HTTP {status}"
         if 300 <= status < 400:
             raise Permanent(f"HTTP {status}: redirect not followed (3xx)")
         if status in _RETRY_STATUSES or status >= 500:
             retry_after = parse_retry_after(retry_after_header, self._clock())
-            raise Retry(f"HTTP {status}: {text}", retry_after=retry_after)
-        raise Permanent(f"HTTP {status}: {text}")
+            raise Retry(error, retry_after=retry_after)
+        raise Permanent(error)
 
 
 async def _drain(response: aiohttp.ClientResponse) -> bytes:
