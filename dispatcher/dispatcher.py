@@ -481,6 +481,7 @@ class Dispatcher:
         webhook-id), so this enqueues a new message to `pool` only, with a fresh id and the
         header `dispatcher-replay-of: <old id>` as lineage, then purges the old entry.
         Returns the new id."""
+        self._pool(pool)  # NotFound for a pool no longer configured: nowhere to send it
         selector = DlqFilter(ids=(message_id,), pool=pool)
         entries, _ = await self.store.dlq_list(selector, 1)
         if not entries:
