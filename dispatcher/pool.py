@@ -221,6 +221,11 @@ class Pool:
             # Still CLAIMED in the store: the next start requeues them. Nothing is lost, and
             # the feeder (our caller, often) must live on.
             log.exception("pool %s could not release %d jobs", self.name, len(jobs))
+            return
+        if not (self.paused or self._stopping):
+            # Resumed while the release was on its way: a claim may already have come back
+            # short and put the feeder to sleep, yet these jobs are ready again.
+            self.notify()
 
     async def _feed_loop(self) -> None:
         while not self._stopping:

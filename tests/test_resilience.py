@@ -163,3 +163,50 @@ async def test_acker_isolates_an_outcome_the_store_refuses() -> None:
         assert await acker.flush(timeout=5)  # still alive for later batches
     finally:
         await acker.stop()
+
+
+class _SlowRelease(MemoryStore):
+    """Holds every release at a gate, so a resume can overtake the pause's release."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def release(self, jobs: Sequence[Job]) -> None:
+        await self.gate.wait()
+        await super().release(jobs)
+
+
+async def test_resume_that_overtakes_the_release_finds_the_released_jobs() -> None:
+    store = _SlowRelease()
+    seen: list[str] = []
+
+    class Slow(Sink):
+        async def deliver(self, job: Job, attempt: int) -> None:
+            await asyncio.sleep(0.05)
+            seen.append(job.message.id)
+
+    settings = settings_from_dict(
+        {
+            "store": {"url": "memory://"},
+            "pools": {"p": {"sink": {"type": "log"}, "concurrency": 2}},
+            "routes": [{"match": "t", "pools": ["p"]}],
+        },
+        env={},
+    )
+    d = Dispatcher(settings, store=store, sinks={"p": Slow()})
+    await d.start()
+    try:
+        await d.publish([Publish("t", b"{}") for _ in range(20)])
+        await eventually(lambda: len(seen) >= 1)
+        pausing = asyncio.create_task(d.update_pool("p", paused=True, actor="t"))
+        await asyncio.sleep(0.01)  # the pause is now waiting on its release
+        await d.update_pool("p", paused=False, actor="t")  # the resume's claim comes first
+        store.gate.set()
+        await pausing
+        # The released jobs are ready again; the pool must pick them up without waiting
+        # for its 5 s idle poll.
+        await eventually(lambda: len(seen) >= 20, timeout=2.5)
+    finally:
+        store.gate.set()
+        await d.stop(grace=1)
