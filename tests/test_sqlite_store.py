@@ -56,7 +56,7 @@ async def test_pragmas_and_schema_version(store: SqliteStore, db_path: Path) -> 
     assert await on_writer(store, lambda db: db.execute("PRAGMA synchronous").fetchone()[0]) == 2
     with sqlite3.connect(db_path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert {"messages", "jobs", "pool_settings", "audit"} <= tables
     db.close()

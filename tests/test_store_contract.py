@@ -565,6 +565,37 @@ async def test_expire_forgets_delivered_jobs(store: Store) -> None:
     assert await store.enqueue([new("old")]) == [True]
 
 
+async def test_expire_over_a_long_history_with_gaps(store: Store) -> None:
+    """Messages created one a second; most delivered a second later, some dead (kept),
+    some still queued (kept), some delivered late (kept), some purged (gaps in the ids)."""
+    await store.enqueue([new(msg(f"m{i:03}", created=T0 + i)) for i in range(200)])
+    jobs = {j.message.id: j for j in await claim_all(store)}
+    completions = []
+    for i in range(200):
+        job = jobs[f"m{i:03}"]
+        if i % 10 == 3:
+            completions.append(dead(job, T0 + i + 1))
+        elif i % 10 == 5:
+            completions.append(delivered(job, T0 + 500))  # delivered late
+        elif i % 10 != 7:  # every 7th stays claimed (undone)
+            completions.append(delivered(job, T0 + i + 1))
+    await store.complete(completions)
+    await store.dlq_purge(DlqFilter(ids=tuple(f"m{i:03}" for i in range(3, 120, 20))))
+
+    # Delivered at T0 + i + 1.5 for the on-time ones: a cutoff of T0 + 100 takes i < 98.5.
+    expired = await store.expire(T0 + 100)
+    on_time = [i for i in range(200) if i % 10 not in (3, 5, 7)]
+    assert expired == len([i for i in on_time if i + 1.5 < 100])
+    for i in range(200):
+        status = await store.get_message(f"m{i:03}")
+        gone = (i in on_time and i + 1.5 < 100) or (i % 20 == 3 and i < 120)
+        assert (status is None) == gone, i
+    assert await store.expire(T0 + 100) == 0
+    assert await store.expire(T0 + 1000) == len([i for i in range(200) if i % 10 == 5]) + len(
+        [i for i in on_time if i + 1.5 >= 100]
+    )
+
+
 async def test_pool_settings_round_trip_and_persist(harness: Harness, store: Store) -> None:
     assert await store.load_pool_settings() == {}
     await store.save_pool_settings("email", {"rate": 5.5, "paused": True})
