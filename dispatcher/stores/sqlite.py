@@ -58,6 +58,12 @@ Threading model:
   by one scan at open, changed after each commit by what it wrote), so `counts()` stays
   cheap with a million queued jobs; scheduled and oldest_at are index range reads.
 
+Durability: with the default synchronous=FULL, every group that holds a durable write
+(enqueue, outcomes, operator actions) is fsynced before any of its futures resolve, so a 2xx
+means on disk. A group of only claims and releases commits without an fsync: losing one in a
+crash leaves the job ready, which is what recovery at open() makes of a claim anyway, and the
+next durable commit's fsync covers its WAL frames too.
+
 Bulk operations (DLQ replay and purge, expire) run as chunks of `_CHUNK` rows, each its
 own write request, so the hot path keeps flowing between chunks; a failure part-way leaves
 the earlier chunks done.
