@@ -13,7 +13,7 @@ import yaml
 from . import __version__, logs
 from .config import Settings, load_settings, redacted
 from .demo import DEMO_CONFIG
-from .errors import ConfigError
+from .errors import ConfigError, StoreError
 from .tracing import configure_sdk
 
 
@@ -81,6 +81,12 @@ def _serve(args: argparse.Namespace) -> int:
 
         try:
             return asyncio.run(serve(settings, demo_traffic=traffic))
+        except ConfigError as exc:  # found only when the store is built (store.url)
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except StoreError as exc:  # e.g. a data directory that cannot be written
+            print(f"error: cannot open the store: {exc}", file=sys.stderr)
+            return 1
         finally:
             if shutdown_tracing is not None:
                 shutdown_tracing()

@@ -166,3 +166,22 @@ def test_check_config_refuses_ssrf_target(tmp_path: Path) -> None:
     result = run_cli("check-config", str(path))
     assert result.returncode == 2
     assert "pools.w.sink.url" in result.stderr
+
+
+@pytest.mark.allow_blocking
+def test_serve_refuses_a_store_it_does_not_have_with_exit_2(tmp_path: Path) -> None:
+    path = write(tmp_path, "store: {url: 'redis://127.0.0.1:6379/0'}")
+    result = run_cli("serve", "--config", str(path), "--port", "0")
+    assert result.returncode == 2
+    assert "store.url" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.allow_blocking
+def test_serve_reports_an_unwritable_data_directory(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    path = write(tmp_path, f"store: {{url: 'sqlite:///{tmp_path}/file/sub/d.db'}}")
+    result = run_cli("serve", "--config", str(path), "--port", "0")
+    assert result.returncode == 1
+    assert "cannot open the store" in result.stderr
+    assert "Traceback" not in result.stderr

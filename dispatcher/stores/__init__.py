@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import ConfigError
 from .base import Claim, Store
 
 __all__ = ["Claim", "Store", "open_store"]
@@ -22,5 +23,8 @@ def open_store(url: str, *, synchronous: str = "full") -> Store:
             raise ValueError(f"expected sqlite:///path/to/file.db, got {url!r}")
         return SqliteStore(path, synchronous=synchronous)
     if url.startswith(("redis://", "rediss://")):
-        raise NotImplementedError("the redis store arrives with the scale-out issue")
+        raise ConfigError(
+            "store.url",
+            "the redis store is not in this version yet; use sqlite:///path.db or memory://",
+        )
     raise ValueError(f"unknown store URL scheme: {url!r}")

@@ -293,7 +293,7 @@ def _message(row: Sequence[Any], i: int) -> Message:
 
 
 def _store_error(exc: BaseException) -> BaseException:
-    if isinstance(exc, sqlite3.Error):
+    if isinstance(exc, sqlite3.Error | OSError):  # OSError: the data directory, the disk
         err = StoreError(f"sqlite: {exc}")
         err.__cause__ = exc
         return err
