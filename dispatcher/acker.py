@@ -104,7 +104,3 @@ class Acker:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-
-    @property
-    def backlog(self) -> int:
-        return len(self._buffer)

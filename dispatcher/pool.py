@@ -108,10 +108,6 @@ class Pool:
         self.window_size = min(1024, max(64, 8 * self.concurrency))
         self._low_water = self.window_size // 2
 
-    @property
-    def window_length(self) -> int:
-        return len(self._window)
-
     # --- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
         self._feeder = asyncio.create_task(self._feed_loop(), name=f"pool:{self.name}:feeder")

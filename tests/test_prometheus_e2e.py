@@ -113,14 +113,7 @@ async def dispatcher(tmp_path: Path) -> AsyncIterator[str]:
                     base = match.group(1)
         yield base
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-        try:
-            async with asyncio.timeout(10):
-                await proc.wait()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await _stop(proc)
 
 
 def free_port() -> int:
@@ -172,14 +165,7 @@ async def prometheus(tmp_path: Path, target: str) -> AsyncIterator[str]:
                 await asyncio.sleep(0.1)
         yield base
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-        try:
-            async with asyncio.timeout(10):
-                await proc.wait()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await _stop(proc)
 
 
 async def produce(session: aiohttp.ClientSession, base: str) -> None:
@@ -293,3 +279,15 @@ async def test_every_panel_and_rule_returns_data(tmp_path: Path) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await traffic
     print(f"\n{len(queries)} queries with data after {time.monotonic() - started:.1f}s")
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 10 s."""
+    if proc.returncode is None:
+        proc.terminate()
+    try:
+        async with asyncio.timeout(10):
+            await proc.wait()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
