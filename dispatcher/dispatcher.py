@@ -534,7 +534,9 @@ class Dispatcher:
                     pass
             if ticks % 60 == 0:
                 try:
-                    await self.store.expire(self._clock() - self.settings.store.retention)
+                    now = self._clock()
+                    # Delivered messages stay `retention` seconds; ids, until their window ends.
+                    await self.store.expire(now - self.settings.store.retention, ids_before=now)
                 except StoreError:
                     log.exception("expiring delivered messages failed")
             ticks += 1

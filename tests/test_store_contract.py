@@ -565,6 +565,21 @@ async def test_expire_forgets_delivered_jobs(store: Store) -> None:
     assert await store.enqueue([new("old")]) == [True]
 
 
+async def test_remembered_ids_outlive_their_messages_until_their_window_ends(
+    store: Store,
+) -> None:
+    keyed = NewMessage(msg("order-1"), ("p",), b"digest", T0 + 10)
+    assert await store.enqueue([keyed]) == [True]
+    (job,) = await claim_all(store)
+    await store.complete([delivered(job, T0)])
+    # The message is forgotten; the id is not, while its window (until T0 + 10) lasts.
+    await store.expire(T0 + 50, ids_before=T0 + 5)
+    assert await store.get_message("order-1") is None
+    assert await store.enqueue([keyed]) == [False]
+    await store.expire(T0 + 50, ids_before=T0 + 20)
+    assert await store.enqueue([keyed]) == [True]
+
+
 async def test_expire_over_a_long_history_with_gaps(store: Store) -> None:
     """Messages created one a second; most delivered a second later, some dead (kept),
     some still queued (kept), some delivered late (kept), some purged (gaps in the ids)."""

@@ -117,9 +117,10 @@ class Store(abc.ABC):
 
     # --- housekeeping, settings, audit ---------------------------------------------------
     @abc.abstractmethod
-    async def expire(self, delivered_before: float) -> int:
-        """Forget delivered jobs finished before the given time; returns how many. Also
-        forget remembered ids (NewMessage.digest) whose dedup window ended before it."""
+    async def expire(self, delivered_before: float, ids_before: float | None = None) -> int:
+        """Forget delivered jobs finished before `delivered_before`; returns how many. Also
+        forget remembered ids (NewMessage.digest) whose dedup window ended before
+        `ids_before` (the current time; `delivered_before` when not given)."""
 
     @abc.abstractmethod
     async def load_pool_settings(self) -> dict[str, dict[str, object]]:

@@ -98,8 +98,8 @@ class InstrumentedStore(Store):
     async def dlq_purge(self, selector: DlqFilter) -> dict[str, int]:
         return await self._timed("dlq_purge", self.inner.dlq_purge(selector))
 
-    async def expire(self, delivered_before: float) -> int:
-        return await self._timed("expire", self.inner.expire(delivered_before))
+    async def expire(self, delivered_before: float, ids_before: float | None = None) -> int:
+        return await self._timed("expire", self.inner.expire(delivered_before, ids_before))
 
     async def load_pool_settings(self) -> dict[str, dict[str, object]]:
         return await self._timed("load_pool_settings", self.inner.load_pool_settings())

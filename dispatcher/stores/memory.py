@@ -362,7 +362,7 @@ class MemoryStore(Store):
             del self._messages[job.msg.id]
 
     # --- housekeeping, settings, audit ---------------------------------------------------
-    async def expire(self, delivered_before: float) -> int:
+    async def expire(self, delivered_before: float, ids_before: float | None = None) -> int:
         self._check()
         old = [
             j
@@ -371,7 +371,8 @@ class MemoryStore(Store):
         ]
         for job in old:
             self._drop(job)
-        for key in [k for k, (_, until) in self._dedup.items() if until < delivered_before]:
+        ids_cutoff = delivered_before if ids_before is None else ids_before
+        for key in [k for k, (_, until) in self._dedup.items() if until < ids_cutoff]:
             del self._dedup[key]
         return len(old)
 

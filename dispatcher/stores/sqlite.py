@@ -1073,7 +1073,7 @@ class SqliteStore(Store):
                 out[pool] = out.get(pool, 0) + n
         return out
 
-    async def expire(self, delivered_before: float) -> int:
+    async def expire(self, delivered_before: float, ids_before: float | None = None) -> int:
         # A job cannot finish before its message was created, so only messages created
         # before the cutoff can hold expired jobs: mids up to `last` (mids follow creation).
         first, last = await self._read(self._r_expiry_range, delivered_before)
@@ -1082,7 +1082,8 @@ class SqliteStore(Store):
             total += await self._write(
                 self._w_expire, delivered_before, start, min(start + _CHUNK - 1, last)
             )
-        await self._write(self._w_forget_ids, delivered_before)
+        ids_cutoff = delivered_before if ids_before is None else ids_before
+        await self._write(self._w_forget_ids, ids_cutoff)
         return total
 
     async def load_pool_settings(self) -> dict[str, dict[str, object]]:
