@@ -1,15 +1,20 @@
 """HTTP ingest benchmark (issue 3). Prints numbers; asserts nothing.
 
-    python -m tests.bench.bench_ingest [--seconds 5] [--concurrency 64] [--batches 50]
+    python -m tests.bench.bench_ingest [--seconds 5] [--concurrency 64] [--rounds 1]
 
 1. single: POST /v1/messages with 64 concurrent keep-alive clients (an aiohttp load
-   generator in its own process) against the dispatcher (SQLite, synchronous=FULL, its
-   pool paused so only ingest runs), then against a bare aiohttp handler that reads the
-   body and answers 202, in the same run; requests per second of each, and the ratio.
+   generator in its own process) against a bare aiohttp handler that reads the body and
+   answers 202, then against the dispatcher (SQLite, synchronous=FULL, its pool paused so
+   only ingest runs), in the same run; requests per second of each, and the ratio.
 2. batch: POST /v1/messages/batch with 1000-message batches (4 in flight); messages/s
    accepted and committed.
 
 Each server runs in a process of its own, on loopback only; every run is bounded in time.
+With `--rounds N` the single test alternates bare and dispatcher N times (a noisy machine
+drifts; alternating spreads the drift over both) and prints every round and the medians.
+Next to each rate is the server process's CPU time per request (user + system, from
+/proc, Linux only): on a small machine the load generator competes for the same cores, so
+CPU per request says more about the server than requests per second alone.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -143,17 +149,49 @@ def _run_load(url: str, body: bytes, seconds: float, concurrency: int) -> dict[s
     return result
 
 
-def _measure(kind: str, path: str, body: bytes, seconds: float, concurrency: int) -> float:
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process `pid` (all its threads) so far; None off Linux."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    # After the command name: state is field 3, utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Result:
+    def __init__(self, rate: float, cpu_per_request: float | None) -> None:
+        self.rate = rate
+        self.cpu_per_request = cpu_per_request
+
+    def __str__(self) -> str:
+        cpu = "" if self.cpu_per_request is None else f", {self.cpu_per_request * 1e6:5.0f} µs CPU"
+        return f"{self.rate:10,.0f} req/s{cpu}"
+
+
+def _measure(kind: str, path: str, body: bytes, seconds: float, concurrency: int) -> Result:
     proc, port = _server(kind)
     try:
+        before = _cpu_seconds(proc.pid)
         r = _run_load(f"http://127.0.0.1:{port}{path}", body, seconds, concurrency)
+        after = _cpu_seconds(proc.pid)
     finally:
         assert proc.stdin is not None
         proc.stdin.close()
         proc.wait(30)
     if r["errors"]:
         print(f"  ({kind}: {r['errors']} error answers)")
-    return float(r["requests"]) / float(r["seconds"])
+    requests = int(r["requests"])
+    cpu = None
+    if before is not None and after is not None and requests:
+        cpu = (after - before) / requests
+    return Result(requests / float(r["seconds"]), cpu)
+
+
+def _median_cpu(results: list[Result]) -> float | None:
+    cpus = [r.cpu_per_request for r in results if r.cpu_per_request is not None]
+    return statistics.median(cpus) if cpus else None
 
 
 def main() -> None:
@@ -168,15 +206,31 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
-    bare = _measure("bare", "/v1/messages", MESSAGE, args.seconds, args.concurrency)
-    ours = _measure("dispatcher", "/v1/messages", MESSAGE, args.seconds, args.concurrency)
+    bares: list[Result] = []
+    ours: list[Result] = []
     print(f"single ingest, {args.concurrency} keep-alive clients, {args.seconds:g} s each:")
-    print(f"  bare aiohttp 202 handler: {bare:10,.0f} req/s")
-    print(f"  dispatcher (SQLite FULL): {ours:10,.0f} req/s  ({ours / bare:.0%} of bare)")
+    for n in range(args.rounds):
+        bare = _measure("bare", "/v1/messages", MESSAGE, args.seconds, args.concurrency)
+        our = _measure("dispatcher", "/v1/messages", MESSAGE, args.seconds, args.concurrency)
+        bares.append(bare)
+        ours.append(our)
+        if args.rounds > 1:
+            print(f"  round {n + 1}: bare {bare}; dispatcher {our} ({our.rate / bare.rate:.0%})")
+    bare = Result(statistics.median(r.rate for r in bares), _median_cpu(bares))
+    our = Result(statistics.median(r.rate for r in ours), _median_cpu(ours))
+    median = " (medians)" if args.rounds > 1 else ""
+    print(f"  bare aiohttp 202 handler: {bare}{median}")
+    print(f"  dispatcher (SQLite FULL): {our}  ({our.rate / bare.rate:.0%} of bare){median}")
     batch = b"[" + b",".join([MESSAGE] * 1000) + b"]"
-    rate = _measure("dispatcher", "/v1/messages/batch", batch, args.seconds, 4)
-    print(f"batch ingest, 1000-message batches, 4 in flight: {rate * 1000:10,.0f} messages/s")
+    result = _measure("dispatcher", "/v1/messages/batch", batch, args.seconds, 4)
+    cpu = result.cpu_per_request
+    per_message = "" if cpu is None else f" ({cpu * 1e3:.1f} µs server CPU per message)"
+    print(
+        "batch ingest, 1000-message batches, 4 in flight: "
+        f"{result.rate * 1000:10,.0f} messages/s{per_message}"
+    )
 
 
 if __name__ == "__main__":
