@@ -4,6 +4,7 @@ writer thread, isolation of a failing request, durability across a crash, drain 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
@@ -171,10 +172,13 @@ async def test_counters_are_rebuilt_on_open(db_path: Path) -> None:
     await s.enqueue([new(f"m{i}", "a", "b", created=T0 + i) for i in range(5)])
     jobs = (await s.claim("a", 2, T0 + 10)).jobs
     before = await s.counts(T0 + 10)
+    claimed = await s.get_message(jobs[0].message.id)
     await s.close()
+    assert claimed is not None
+    assert [j.state for j in claimed.jobs] == [State.CLAIMED, State.QUEUED]
 
     s = SqliteStore(str(db_path))
-    assert await s.open() == 2
+    assert await s.open() == 0  # claims live in memory: nothing on disk to requeue
     try:
         after = await s.counts(T0 + 10)
         assert before["b"] == after["b"]
@@ -183,6 +187,22 @@ async def test_counters_are_rebuilt_on_open(db_path: Path) -> None:
         status = await s.get_message(jobs[0].message.id)
         assert status is not None
         assert status.jobs[0].state == State.QUEUED
+    finally:
+        await s.close()
+
+
+async def test_claims_marked_on_disk_by_earlier_versions_are_requeued(db_path: Path) -> None:
+    s = SqliteStore(str(db_path))
+    await s.open()
+    await s.enqueue([new(f"m{i}", "a", created=T0 + i) for i in range(3)])
+    await s.close()
+    with contextlib.closing(sqlite3.connect(db_path)) as db, db:
+        db.execute("UPDATE jobs SET state = 1 WHERE mid <= 2")  # as versions before _Claims
+
+    s = SqliteStore(str(db_path))
+    assert await s.open() == 2
+    try:
+        assert [j.message.id for j in (await s.claim("a", 10, T0 + 10)).jobs] == ["m0", "m1", "m2"]
     finally:
         await s.close()
 
@@ -272,4 +292,4 @@ def test_committed_messages_survive_sigkill(db_path: Path) -> None:
         finally:
             await s.close()
 
-    assert asyncio.run(reopen()) == (10, 100)
+    assert asyncio.run(reopen()) == (0, 100)

@@ -351,6 +351,40 @@ async def test_release_returns_jobs_untouched(store: Store) -> None:
     assert [(j.attempts, j.enqueued_at) for j in again] == [(0, T0), (0, T0 + 1)]
 
 
+async def test_claim_order_holds_across_claims_and_late_arrivals(store: Store) -> None:
+    """Claims resume where the last one stopped, yet never skip a job that arrives ahead of
+    that point: higher priority, an earlier time (a clock set back), a release, a promotion
+    of a due retry, or a replay."""
+    await store.enqueue([new(msg(f"a{i}", created=T0 + i)) for i in range(4)])
+    first = (await store.claim("p", 2, LATER)).jobs
+    assert ids(first) == ["a0", "a1"]
+    await store.enqueue([new(msg("urgent", created=T0 + 10, priority=5))])
+    await store.enqueue([new(msg("early", created=T0 - 10))])
+    assert ids((await store.claim("p", 1, LATER)).jobs) == ["urgent"]
+    assert ids((await store.claim("p", 1, LATER)).jobs) == ["early"]
+    assert ids((await store.claim("p", 1, LATER)).jobs) == ["a2"]
+    await store.release([first[1]])  # a1 goes back, behind the last claim
+    assert ids((await store.claim("p", 1, LATER)).jobs) == ["a1"]
+    await store.complete([retry(first[0], T0 + 20, T0 + 0.5)])  # due again at once
+    again = (await store.claim("p", 5, LATER)).jobs
+    assert ids(again) == ["a0", "a3"]
+    await store.complete([dead(again[0], T0 + 30)])
+    assert await store.dlq_replay(DlqFilter(), T0 + 0.2) == {"p": 1}
+    assert ids((await store.claim("p", 5, LATER)).jobs) == ["a0"]
+    assert ids((await store.claim("p", 5, LATER)).jobs) == []
+
+
+async def test_a_released_job_cannot_be_completed(store: Store) -> None:
+    await store.enqueue([new("m")])
+    (job,) = (await store.claim("p", 1, LATER)).jobs
+    await store.release([job])
+    await store.complete([delivered(job, T0 + 1)])  # stale: the job went back
+    status = await store.get_message("m")
+    assert status is not None
+    assert status.jobs[0].state == State.QUEUED
+    assert ids((await store.claim("p", 1, LATER)).jobs) == ["m"]
+
+
 async def test_claimed_jobs_are_queued_again_on_reopen(harness: Harness, store: Store) -> None:
     await store.enqueue([new(msg(f"m{i}", created=T0 + i)) for i in range(3)])
     first = (await store.claim("p", 2, LATER)).jobs
@@ -358,7 +392,9 @@ async def test_claimed_jobs_are_queued_again_on_reopen(harness: Harness, store: 
     assert ids((await store.claim("p", 5, LATER)).jobs) == ["m2", "m0"]  # m1 still claimed
     # The process "dies" with m0, m1 and m2 claimed.
     store, requeued = await harness.reopen(store)
-    assert requeued == 3
+    # SQLite keeps claims in the writer's memory, not on disk (see sqlite._Claims), so a
+    # restart finds nothing marked claimed: the jobs simply are ready.
+    assert requeued == (0 if harness.kind == "sqlite" else 3)
     jobs = await claim_all(store)
     assert sorted((j.message.id, j.attempts) for j in jobs) == [("m0", 1), ("m1", 0), ("m2", 0)]
 

@@ -51,7 +51,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def open(self) -> int:
         """Create or migrate storage and requeue jobs left CLAIMED by a dead process.
-        Returns how many jobs were requeued."""
+        Returns how many jobs were requeued (0 where claims never reach storage)."""
 
     @abc.abstractmethod
     async def close(self) -> None:

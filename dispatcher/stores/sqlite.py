@@ -12,7 +12,9 @@ Storage layout, schema version 3 (`PRAGMA user_version`; `_MIGRATIONS` upgrades 
       jid INTEGER PRIMARY KEY       Job.key: mid * 1024 + the pool's place in the fan-out
       mid, pool                     the message and the pool; jid = mid * 1024 + k, so a
                                     message's jobs are one rowid range (no extra index)
-      state                         0 ready · 1 claimed · 2 delivered · 3 dead · 4 scheduled
+      state                         0 ready · 2 delivered · 3 dead · 4 scheduled (1 claimed:
+                                    written only by versions before claims moved into the
+                                    writer's memory, see _Claims; open() readies such rows)
       priority                      the message's, for jobs_ready
       available_at                  when it became or becomes ready: max(created_at,
                                     message.available_at), retry_at, or now + k*interval on
@@ -21,8 +23,7 @@ Storage layout, schema version 3 (`PRAGMA user_version`; `_MIGRATIONS` upgrades 
       attempts                      attempts in the current generation
       attempt_log                   JSON array of this generation's attempts (NULL: none)
       history                       JSON array of earlier generations' arrays (NULL: none)
-      finished_at                   set when delivered or dead, NULL while undone (so a claim,
-                                    which only changes state, leaves jobs_undone alone)
+      finished_at                   set when delivered or dead, NULL while undone
       dead_reason, last_error
 
       jobs_ready      (pool, priority DESC, available_at, jid) WHERE state = 0   claim order
@@ -41,8 +42,12 @@ Storage layout, schema version 3 (`PRAGMA user_version`; `_MIGRATIONS` upgrades 
 
 States 0 and 4 are both `State.QUEUED` outside. A job written with its available_at ahead
 (a delayed message, a retry, a paced replay) is stored as 4; `claim` first moves the pool's
-due 4s to 0 (one range on jobs_scheduled), then reads the head of jobs_ready, so scheduled
-jobs never sit in the way of a claim however many there are.
+due 4s to 0 (one range on jobs_scheduled), then reads jobs_ready on from where the last claim
+stopped, so scheduled jobs never sit in the way of a claim however many there are.
+
+Claims are not written: a claimed job stays 0 and the writer keeps the claimed jids in
+memory (`_Claims`, which the reader consults to show a job in flight). Writing them cost a
+row and an index update per message, only for a crash to make them ready again anyway.
 
 Threading model:
 
@@ -60,9 +65,12 @@ Threading model:
 
 Durability: with the default synchronous=FULL, every group that holds a durable write
 (enqueue, outcomes, operator actions) is fsynced before any of its futures resolve, so a 2xx
-means on disk. A group of only claims and releases commits without an fsync: losing one in a
-crash leaves the job ready, which is what recovery at open() makes of a claim anyway, and the
-next durable commit's fsync covers its WAL frames too.
+means on disk. A group of only claims and releases (whose only write is promoting due
+scheduled jobs, which a restart's claim would redo) commits without an fsync.
+
+The writer's Python is kept small, because it competes for the GIL with the event loop:
+rows are built on the loop (`_NewRows`, `_outcome_rows`) and inserted with multi-row
+statements (`_insert`), each running in C without the GIL, instead of one step per row.
 
 Bulk operations (DLQ replay and purge, expire) run as chunks of `_CHUNK` rows, each its
 own write request, so the hot path keeps flowing between chunks; a failure part-way leaves
@@ -106,7 +114,7 @@ from .base import Claim, Store
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
 
-_READY, _CLAIMED, _DELIVERED, _DEAD, _SCHEDULED = 0, 1, 2, 3, 4
+_READY, _DELIVERED, _DEAD, _SCHEDULED = 0, 2, 3, 4  # 1, claimed: see _Claims
 _DELIVERED_FIRST = -2  # not a stored state: groups first-attempt successes in _w_complete
 _CHUNK: Final = 5000
 #: jobs of one message per rowid range; config.MAX_POOLS keeps fan-out below it
@@ -114,8 +122,57 @@ FANOUT_LIMIT: Final = 1024
 _CHECKPOINT_INTERVAL: Final = 0.25  # seconds between passive WAL checkpoints
 _AUTOCHECKPOINT_BACKSTOP: Final = 16384  # pages (64 MiB of WAL at 4 KiB pages)
 
-#: pool -> [queued, claimed, dead] changes made by one request
-_Delta = dict[str, list[int]]
+
+class _Delta(dict[str, list[int]]):
+    """What one request changes in the writer's memory: pool -> [queued, claimed, dead]
+    counter changes, and `after`, changes to the claim books. Both are applied in request
+    order once the transaction commits; a request rolled back changes nothing."""
+
+    __slots__ = ("after",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.after: list[Callable[[], None]] = []
+
+
+class _Claims:
+    """One pool's claimed jobs, kept by the writer in memory rather than on disk.
+
+    A claimed job stays `state = 0` in its row: marking it would rewrite the row and its
+    jobs_ready entry on every claim, and a crash turns every claim back into a ready job
+    anyway. `held` holds the claimed jids; `cursor` is the jobs_ready key (priority,
+    available_at, jid) of the last job looked at, so the next claim reads on from there
+    instead of past every held job again. Anything written into the ready set ahead of the
+    cursor (a release, a promotion, a replay, an enqueue that sorts first) clears it, and the
+    next claim starts again from the head of the index."""
+
+    __slots__ = ("cursor", "held")
+
+    def __init__(self) -> None:
+        self.held: set[int] = set()
+        self.cursor: tuple[int, float, int] | None = None
+
+    def claimed(self, jids: list[int], cursor: tuple[int, float, int] | None) -> None:
+        self.held.update(jids)
+        self.cursor = cursor
+
+    def finished(self, jids: list[int]) -> None:
+        self.held.difference_update(jids)
+
+    def released(self, jids: list[int]) -> None:
+        self.held.difference_update(jids)
+        self.cursor = None
+
+    def rewind(self) -> None:
+        self.cursor = None
+
+    def arrived(self, priority: int, available_at: float) -> None:
+        """Ready jobs were written, the first of them sorting at (priority, available_at)
+        or later (their jids are new, so higher than any the cursor has seen)."""
+        c = self.cursor
+        if c is not None and (priority > c[0] or (priority == c[0] and available_at < c[1])):
+            self.cursor = None
+
 
 # --- schema ------------------------------------------------------------------------------
 
@@ -193,41 +250,53 @@ SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
 # --- statements on the hot path ----------------------------------------------------------
 
-_INSERT_MESSAGE = "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_INSERT_JOB = (
-    "INSERT INTO jobs (jid, mid, pool, state, priority, available_at, created_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
+_INSERT_MESSAGE = "INSERT INTO messages VALUES"
+#: for ids nobody has checked: the rowcount tells whether one was already there
+_INSERT_MESSAGE_NEW = "INSERT OR IGNORE INTO messages VALUES"
+_INSERT_JOB = "INSERT INTO jobs (jid, mid, pool, state, priority, available_at, created_at) VALUES"
+_ROWS_PER_INSERT: Final = 256
 _PROMOTE = "UPDATE jobs SET state = 0 WHERE state = 4 AND pool = ? AND available_at <= ?"
-_CLAIMABLE = """
-    SELECT j.jid, j.attempts, j.available_at,
-           m.id, m.tag, m.payload, m.created_at, m.priority, m.available_at, m.headers, m.trace
+_CLAIM_COLUMNS = """j.jid, j.attempts, j.available_at, j.priority,
+    m.id, m.tag, m.payload, m.created_at, m.priority, m.available_at, m.headers, m.trace
     FROM jobs j JOIN messages m ON m.mid = j.mid
-    WHERE j.state = 0 AND j.pool = ? AND j.available_at <= ?
-    ORDER BY j.priority DESC, j.available_at, j.jid
-    LIMIT ?"""
-_MARK_CLAIMED = "UPDATE jobs SET state = 1 WHERE jid IN (SELECT value FROM json_each(?))"
+    WHERE j.state = 0 AND j.pool = ?1 AND j.available_at <= ?2"""
+#: the head of jobs_ready, in claim order
+_CLAIM_HEAD = f"""SELECT {_CLAIM_COLUMNS}
+    ORDER BY j.priority DESC, j.available_at, j.jid LIMIT ?3"""
+#: what follows the cursor (?3, ?4, ?5) = (priority, available_at, jid): first the rest of
+#: its priority, then the lower ones; two index ranges, since the index mixes directions
+_CLAIM_AFTER_SAME = f"""SELECT {_CLAIM_COLUMNS}
+    AND j.priority = ?3 AND (j.available_at, j.jid) > (?4, ?5)
+    ORDER BY j.available_at, j.jid LIMIT ?6"""
+_CLAIM_AFTER_LOWER = f"""SELECT {_CLAIM_COLUMNS}
+    AND j.priority < ?3
+    ORDER BY j.priority DESC, j.available_at, j.jid LIMIT ?4"""
 _NEXT_AT = "SELECT min(available_at) FROM jobs WHERE state = 4 AND pool = ?"
 _DELIVERED_SQL = """
     UPDATE jobs SET state = 2, attempts = attempts + 1,
         attempt_log = json_insert(coalesce(attempt_log, '[]'), '$[#]', json(?)),
         finished_at = ?
-    WHERE jid = ? AND state = 1"""
+    WHERE jid = ? AND state = 0"""
 #: the common case, success at the first attempt: the log is written whole, not parsed
 _DELIVERED_FIRST_SQL = """
     UPDATE jobs SET state = 2, attempts = 1, attempt_log = ?, finished_at = ?
-    WHERE jid = ? AND state = 1"""
+    WHERE jid = ? AND state = 0"""
 _RETRY_SQL = """
     UPDATE jobs SET state = 4, attempts = attempts + 1,
         attempt_log = json_insert(coalesce(attempt_log, '[]'), '$[#]', json(?)),
         available_at = ?, last_error = ?
-    WHERE jid = ? AND state = 1"""
+    WHERE jid = ? AND state = 0"""
 _DEAD_SQL = """
     UPDATE jobs SET state = 3, attempts = attempts + 1,
         attempt_log = json_insert(coalesce(attempt_log, '[]'), '$[#]', json(?)),
         finished_at = ?, dead_reason = ?, last_error = ?
-    WHERE jid = ? AND state = 1"""
-_RELEASE = "UPDATE jobs SET state = 0 WHERE jid = ? AND state = 1"
+    WHERE jid = ? AND state = 0"""
+_OUTCOME_SQL: Final = {
+    _DEAD: _DEAD_SQL,
+    _SCHEDULED: _RETRY_SQL,
+    _DELIVERED: _DELIVERED_SQL,
+    _DELIVERED_FIRST: _DELIVERED_FIRST_SQL,
+}
 _REPLAY = """
     UPDATE jobs SET
         state = CASE WHEN (c.key + ?2) * ?3 = 0 THEN 0 ELSE 4 END,
@@ -261,6 +330,31 @@ def _name_os_thread(name: str) -> None:
         libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
     except (OSError, AttributeError):
         pass
+
+
+@functools.cache
+def _values(head: str, width: int, n: int) -> str:
+    row = f"({', '.join('?' * width)})"
+    return f"{head} {', '.join([row] * n)}"
+
+
+def _insert(db: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]]) -> int:
+    """INSERT `rows` (all as wide as the first) with `head` ("INSERT INTO t VALUES"), in
+    multi-row statements rather than executemany. executemany steps once per row, and
+    each step gives the GIL up and must win it back from the event loop: behind a busy loop
+    that waiting, not SQLite, was most of the writer's time. Here each statement binds up
+    to _ROWS_PER_INSERT rows and then runs them in C in one step. Statements hold 256 rows
+    or a power of two fewer, so only a handful are ever prepared (and stay cached)."""
+    if not rows:
+        return 0
+    width = len(rows[0])
+    done = start = 0
+    while start < len(rows):
+        n = min(_ROWS_PER_INSERT, 1 << ((len(rows) - start).bit_length() - 1))
+        part = rows[start : start + n]
+        done += db.execute(_values(head, width, n), [v for row in part for v in row]).rowcount
+        start += n
+    return done
 
 
 def _json(value: object) -> str:
@@ -351,6 +445,7 @@ class SqliteStore(Store):
         self._w: sqlite3.Connection
         self._next_mid = 0
         self._counters: dict[str, list[int]] = {}
+        self._claims: dict[str, _Claims] = {}  # changed under _lock: the reader looks in
         self._lock = threading.Lock()
         self._checkpointer: threading.Thread | None = None
         self._fsync = True  # the writer connection's current synchronous mode is FULL
@@ -547,10 +642,12 @@ class SqliteStore(Store):
             for target in range(version + 1, SCHEMA_VERSION + 1):
                 _MIGRATIONS[target - 1](db)
                 db.execute(f"PRAGMA user_version = {target}")
+            # Only files written before claims moved into the writer's memory (_Claims) hold
+            # claimed rows; today's claims vanish with the process, which is the same thing.
             requeued = db.execute("UPDATE jobs SET state = 0 WHERE state = 1").rowcount
             self._next_mid = db.execute("SELECT coalesce(max(mid), 0) FROM messages").fetchone()[0]
             counters: dict[str, list[int]] = {}
-            slot = {_READY: 0, _SCHEDULED: 0, _CLAIMED: 1, _DEAD: 2}
+            slot = {_READY: 0, _SCHEDULED: 0, _DEAD: 2}
             for pool, state, n in db.execute(
                 "SELECT pool, state, count(*) FROM jobs WHERE state != 2 GROUP BY pool, state"
             ):
@@ -581,7 +678,7 @@ class SqliteStore(Store):
             self._settle_all([(r.future, None, err) for r in batch])
             return
         for req in batch:
-            delta: _Delta = {}
+            delta = _Delta()
             try:
                 db.execute("SAVEPOINT request")
                 result = req.fn(delta)
@@ -626,6 +723,8 @@ class SqliteStore(Store):
                     c[0] += dq
                     c[1] += dc
                     c[2] += dd
+                for change in delta.after:
+                    change()
         failed.extend((r.future, result, None) for r, result, _ in done)
         self._settle_all(failed)
 
@@ -641,135 +740,120 @@ class SqliteStore(Store):
                 loop.call_soon_threadsafe(_settle, group)
 
     # --- writes (run on the writer thread) -----------------------------------------------
-    def _w_enqueue(self, d: _Delta, batch: Sequence[NewMessage]) -> list[bool]:
+    def _w_enqueue(self, d: _Delta, rows: _NewRows) -> list[bool]:
         db = self._w
-        ids = [new.message.id for new in batch]
+        if not rows.keyed:
+            # Ids the dispatcher made are new: try them all, and only if one was already
+            # taken (a caller reusing an id without a digest) go back and sort them out.
+            db.execute("SAVEPOINT enqueue")
+            if _insert(db, _INSERT_MESSAGE_NEW, rows.messages) == len(rows.messages):
+                db.execute("RELEASE enqueue")
+                _insert(db, _INSERT_JOB, rows.jobs)
+                self._w_arrived(d, rows)
+                return [True] * len(rows.messages)
+            db.execute("ROLLBACK TO enqueue")
+            db.execute("RELEASE enqueue")
         seen = {
             row[0]
             for row in db.execute(
                 "SELECT id FROM messages WHERE id IN (SELECT value FROM json_each(?))",
-                (_json(ids),),
+                (_json([m[1] for m in rows.messages]),),
             )
         }
-        keyed = any(new.digest is not None for new in batch)
-        if keyed:
-            seen |= self._w_known_ids(batch)
+        if rows.keyed:
+            seen |= self._w_known_ids(rows)
         out: list[bool] = []
-        messages: list[tuple[Any, ...]] = []
-        jobs: list[tuple[Any, ...]] = []
-        mid = self._next_mid
-        for new in batch:
-            m = new.message
-            if m.id in seen:
-                out.append(False)
-                continue
-            seen.add(m.id)
-            out.append(True)
-            mid += 1
-            messages.append(
-                (
-                    mid,
-                    m.id,
-                    m.tag,
-                    m.payload,
-                    _json(m.headers) if m.headers else None,
-                    m.priority,
-                    m.created_at,
-                    m.available_at,
-                    m.trace,
-                )
-            )
-            state = _SCHEDULED if m.available_at > m.created_at else _READY
-            available_at = max(m.available_at, m.created_at)
-            for k, pool in enumerate(dict.fromkeys(new.pools)):
-                jid = mid * FANOUT_LIMIT + k
-                jobs.append((jid, mid, pool, state, m.priority, available_at, m.created_at))
-                c = d.get(pool)
-                if c is None:
-                    d[pool] = [1, 0, 0]
-                else:
-                    c[0] += 1
-        self._next_mid = mid
-        db.executemany(_INSERT_MESSAGE, messages)
-        db.executemany(_INSERT_JOB, jobs)
-        if keyed:
+        kept: set[int] = set()
+        for m in rows.messages:
+            fresh = m[1] not in seen
+            out.append(fresh)
+            if fresh:
+                seen.add(m[1])
+                kept.add(m[0])
+        if len(kept) < len(rows.messages):
+            rows = rows.keep(kept)
+        _insert(db, _INSERT_MESSAGE, rows.messages)
+        _insert(db, _INSERT_JOB, rows.jobs)
+        if rows.keyed:
             db.executemany(
                 "INSERT OR REPLACE INTO dedup (id, digest, until) VALUES (?, ?, ?)",
-                [
-                    (new.message.id, new.digest, new.dedup_until)
-                    for new, fresh in zip(batch, out, strict=True)
-                    if fresh and new.digest is not None
-                ],
+                [(m_id, digest, until) for _, m_id, digest, until in rows.keyed],
             )
+        self._w_arrived(d, rows)
         return out
 
-    def _w_known_ids(self, batch: Sequence[NewMessage]) -> set[str]:
+    def _w_arrived(self, d: _Delta, rows: _NewRows) -> None:
+        for pool, n in rows.counts.items():
+            d[pool] = [n, 0, 0]
+            books = self._claims.get(pool)
+            if books is not None and rows.first_ready is not None:
+                d.after.append(functools.partial(books.arrived, *rows.first_ready))
+
+    def _w_known_ids(self, rows: _NewRows) -> set[str]:
         """Ids remembered within their dedup window; IdConflict if one comes back (or
-        repeats within `batch`) with another digest. Runs before anything is written."""
-        keyed = [(i, new) for i, new in enumerate(batch) if new.digest is not None]
+        repeats within the batch) with another digest. Runs before anything is written."""
         held: dict[str, bytes] = dict(
             self._w.execute(
                 "SELECT id, digest FROM dedup WHERE id IN (SELECT value FROM json_each(?))"
                 " AND until > ?",
-                (_json([new.message.id for _, new in keyed]), batch[0].message.created_at),
+                (_json([m_id for _, m_id, _, _ in rows.keyed]), rows.now),
             ).fetchall()
         )
         first: dict[str, bytes] = {}
-        for index, new in keyed:
-            m_id, digest = new.message.id, new.digest
-            assert digest is not None
+        for index, m_id, digest, _ in rows.keyed:
             if held.get(m_id, digest) != digest or first.setdefault(m_id, digest) != digest:
                 raise IdConflict(m_id, index)
         return set(held)
 
-    def _w_claim(self, d: _Delta, pool: str, limit: int, now: float) -> Claim:
+    def _w_claim(
+        self, d: _Delta, pool: str, limit: int, now: float
+    ) -> tuple[list[tuple[Any, ...]], float | None]:
+        """Rows of up to `limit` claimable jobs (the Jobs are built by `claim`, off this
+        thread), and the next scheduled job's time."""
         db = self._w
-        db.execute(_PROMOTE, (pool, now))
-        rows = db.execute(_CLAIMABLE, (pool, now, limit)).fetchall()
+        books = self._claims.get(pool)
+        if books is None:
+            books = self._claims[pool] = _Claims()
+        held = books.held
+        cursor = None if db.execute(_PROMOTE, (pool, now)).rowcount else books.cursor
+        rows: list[tuple[Any, ...]] = []
+        while len(rows) < limit:
+            want = limit - len(rows)
+            if cursor is None:
+                seen = db.execute(_CLAIM_HEAD, (pool, now, want)).fetchall()
+            else:
+                seen = db.execute(_CLAIM_AFTER_SAME, (pool, now, *cursor, want)).fetchall()
+                if len(seen) < want:
+                    seen += db.execute(
+                        _CLAIM_AFTER_LOWER, (pool, now, cursor[0], want - len(seen))
+                    ).fetchall()
+            if not seen:
+                break
+            last = seen[-1]
+            cursor = (last[3], last[2], last[0])
+            # Held jobs are skipped; they sit in the range only after a rewind.
+            rows.extend(r for r in seen if r[0] not in held)
+            if len(seen) < want:
+                break
         if rows:
-            db.execute(_MARK_CLAIMED, (_ids_json([r[0] for r in rows]),))
             d[pool] = [-len(rows), len(rows), 0]
+        d.after.append(functools.partial(books.claimed, [r[0] for r in rows], cursor))
         next_at = db.execute(_NEXT_AT, (pool,)).fetchone()[0]
-        jobs = [Job(r[0], pool, _message(r, 3), r[1], r[2]) for r in rows]
-        return Claim(jobs, next_at)
+        return rows, next_at
 
-    def _w_complete(self, d: _Delta, completions: Sequence[Completion]) -> None:
-        groups: dict[tuple[int, str], list[tuple[Any, ...]]] = {}
-        for c in completions:
-            a = c.attempt
-            log = _json(a)
-            if c.dead is not None:
-                key = (_DEAD, c.job.pool)
-                row: tuple[Any, ...] = (
-                    log,
-                    a.started_at + a.duration,
-                    c.dead.value,
-                    a.error,
-                    c.job.key,
-                )
-            elif c.retry_at is not None:
-                key = (_SCHEDULED, c.job.pool)
-                row = (log, c.retry_at, a.error, c.job.key)
-            elif c.job.attempts == 0:
-                key = (_DELIVERED_FIRST, c.job.pool)
-                row = (f"[{log}]", a.started_at + a.duration, c.job.key)
-            else:
-                key = (_DELIVERED, c.job.pool)
-                row = (log, a.started_at + a.duration, c.job.key)
-            rows = groups.get(key)
-            if rows is None:
-                groups[key] = [row]
-            else:
-                rows.append(row)
+    def _w_complete(self, d: _Delta, groups: dict[tuple[int, str], list[tuple[Any, ...]]]) -> None:
+        """Apply outcome rows grouped by (fate, pool), as `complete` prepared them; the jid is
+        the last column. Jobs not held (released meanwhile) are left alone."""
         db = self._w
-        sql = {
-            _DEAD: _DEAD_SQL,
-            _SCHEDULED: _RETRY_SQL,
-            _DELIVERED: _DELIVERED_SQL,
-            _DELIVERED_FIRST: _DELIVERED_FIRST_SQL,
-        }
         for (fate, pool), rows in groups.items():
-            n = db.executemany(sql[fate], rows).rowcount
+            books = self._claims.get(pool)
+            held = books.held if books is not None else set()
+            mine = [row for row in rows if row[-1] in held]
+            if not mine:
+                continue
+            n = db.executemany(_OUTCOME_SQL[fate], mine).rowcount
+            assert books is not None
+            d.after.append(functools.partial(books.finished, [row[-1] for row in mine]))
             delta = d.setdefault(pool, [0, 0, 0])
             delta[1] -= n
             if fate == _SCHEDULED:
@@ -778,12 +862,16 @@ class SqliteStore(Store):
                 delta[2] += n
 
     def _w_release(self, d: _Delta, jobs: Sequence[Job]) -> None:
-        by_pool: dict[str, list[tuple[int]]] = {}
+        by_pool: dict[str, list[int]] = {}
         for job in jobs:
-            by_pool.setdefault(job.pool, []).append((job.key,))
-        for pool, rows in by_pool.items():
-            n = self._w.executemany(_RELEASE, rows).rowcount
-            d[pool] = [n, -n, 0]
+            by_pool.setdefault(job.pool, []).append(job.key)
+        for pool, jids in by_pool.items():
+            books = self._claims.get(pool)
+            if books is None:
+                continue
+            mine = [jid for jid in jids if jid in books.held]
+            d[pool] = [len(mine), -len(mine), 0]
+            d.after.append(functools.partial(books.released, mine))
 
     def _w_replay(
         self, d: _Delta, jids: Sequence[int], now: float, first: int, interval: float
@@ -793,6 +881,9 @@ class SqliteStore(Store):
             out[pool] = out.get(pool, 0) + 1
         for pool, n in out.items():
             d[pool] = [n, 0, -n]
+            books = self._claims.get(pool)
+            if books is not None:
+                d.after.append(books.rewind)
         return out
 
     def _w_purge(self, d: _Delta, jids: Sequence[int]) -> dict[str, int]:
@@ -867,26 +958,36 @@ class SqliteStore(Store):
                 return None
             jobs = db.execute(
                 "SELECT pool, state, available_at, attempt_log, history, finished_at,"
-                " dead_reason FROM jobs WHERE jid BETWEEN ? AND ? ORDER BY jid",
+                " dead_reason, jid FROM jobs WHERE jid BETWEEN ? AND ? ORDER BY jid",
                 (row[0] * FANOUT_LIMIT, row[0] * FANOUT_LIMIT + FANOUT_LIMIT - 1),
             ).fetchall()
         finally:
             db.execute("COMMIT")
+        held = self._held([(r[0], r[7]) for r in jobs if r[1] == _READY])
         return MessageStatus(
             message=_message(row, 1),
             jobs=[
                 JobStatus(
                     pool=pool,
-                    state=State(_READY if state == _SCHEDULED else state),
+                    state=State.CLAIMED
+                    if jid in held
+                    else State(_READY if state == _SCHEDULED else state),
                     available_at=available_at,
                     attempts=_decode_attempts(log) if log else [],
                     history=_decode_history(history) if history else [],
                     finished_at=finished_at,
                     dead_reason=DeadReason(reason) if reason is not None else None,
                 )
-                for pool, state, available_at, log, history, finished_at, reason in jobs
+                for pool, state, available_at, log, history, finished_at, reason, jid in jobs
             ],
         )
+
+    def _held(self, jobs: list[tuple[str, int]]) -> set[int]:
+        """Which of these (pool, jid) are claimed: not on disk, so the writer's books say."""
+        with self._lock:
+            return {
+                jid for pool, jid in jobs if pool in self._claims and jid in self._claims[pool].held
+            }
 
     def _r_counts(self, now: float) -> dict[str, PoolCounts]:
         with self._lock:
@@ -1020,18 +1121,28 @@ class SqliteStore(Store):
 
     # --- the Store interface -------------------------------------------------------------
     async def enqueue(self, batch: Sequence[NewMessage]) -> list[bool]:
+        self._check()
         if not batch:
-            self._check()
             return []
-        return await self._write(self._w_enqueue, batch)
+        # Rows are built here, on the event loop, and numbered here too: the writer thread
+        # (the bottleneck under load) only executes them. Mids follow the order of calls,
+        # which is the order of the writer's queue; a duplicate leaves a gap, which is fine.
+        rows = _NewRows(batch, self._next_mid)
+        self._next_mid += len(batch)
+        return await self._write(self._w_enqueue, rows)
 
     async def claim(self, pool: str, limit: int, now: float) -> Claim:
-        return await self._write_volatile(self._w_claim, pool, limit, now)
+        # Claims write nothing (see _Claims), but they go through the writer, which owns
+        # the claim books; _write_volatile lets a group of them commit without an fsync.
+        rows, next_at = await self._write_volatile(self._w_claim, pool, limit, now)
+        return Claim([Job(r[0], pool, _message(r, 4), r[1], r[2]) for r in rows], next_at)
 
     async def complete(self, completions: Sequence[Completion]) -> None:
         self._check()
         if completions:
-            await self._write(self._w_complete, completions)
+            # The rows are built here, on the event loop, so the writer thread (the
+            # bottleneck under load) only executes them.
+            await self._write(self._w_complete, _outcome_rows(completions))
 
     async def release(self, jobs: Sequence[Job]) -> None:
         self._check()
@@ -1099,6 +1210,112 @@ class SqliteStore(Store):
         self, limit: int, cursor: str | None = None
     ) -> tuple[list[AuditEntry], str | None]:
         return await self._read(self._r_audit, limit, cursor)
+
+
+class _NewRows:
+    """A batch of new messages as the rows the writer inserts. Mids are numbered from
+    `last_mid` + 1 in batch order; `keyed` holds (index, id, digest, until) of producer ids."""
+
+    __slots__ = ("counts", "first_ready", "jobs", "keyed", "messages", "now")
+
+    def __init__(self, batch: Sequence[NewMessage], last_mid: int) -> None:
+        self.messages: list[tuple[Any, ...]] = []
+        self.jobs: list[tuple[Any, ...]] = []
+        self.keyed: list[tuple[int, str, bytes, float]] = []
+        self.counts: dict[str, int] = {}
+        self.now = batch[0].message.created_at
+        # The highest priority and earliest time among the new ready jobs, for the claim
+        # cursors (taken apart, the pair may belong to two messages: that errs on the safe side).
+        priority: int | None = None
+        earliest = 0.0
+        mid = last_mid
+        for index, new in enumerate(batch):
+            m = new.message
+            mid += 1
+            self.messages.append(
+                (
+                    mid,
+                    m.id,
+                    m.tag,
+                    m.payload,
+                    _json(m.headers) if m.headers else None,
+                    m.priority,
+                    m.created_at,
+                    m.available_at,
+                    m.trace,
+                )
+            )
+            if new.digest is not None:
+                self.keyed.append((index, m.id, new.digest, new.dedup_until))
+            if m.available_at > m.created_at:
+                state, available_at = _SCHEDULED, m.available_at
+            else:
+                state, available_at = _READY, m.created_at
+                if priority is None:
+                    priority, earliest = m.priority, available_at
+                else:
+                    priority, earliest = max(priority, m.priority), min(earliest, available_at)
+            for k, pool in enumerate(dict.fromkeys(new.pools)):
+                self.jobs.append(
+                    (
+                        mid * FANOUT_LIMIT + k,
+                        mid,
+                        pool,
+                        state,
+                        m.priority,
+                        available_at,
+                        m.created_at,
+                    )
+                )
+                self.counts[pool] = self.counts.get(pool, 0) + 1
+        #: where the first of the new ready jobs sorts, for the claim cursors
+        self.first_ready = None if priority is None else (priority, earliest)
+
+    def keep(self, mids: set[int]) -> _NewRows:
+        """These rows without the messages not in `mids` (duplicates)."""
+        kept = object.__new__(_NewRows)
+        kept.now, kept.first_ready = self.now, self.first_ready
+        kept.messages = [m for m in self.messages if m[0] in mids]
+        kept.jobs = [j for j in self.jobs if j[1] in mids]
+        kept.keyed = [k for k in self.keyed if self.messages[k[0]][0] in mids]
+        kept.counts = {}
+        for job in kept.jobs:
+            kept.counts[job[2]] = kept.counts.get(job[2], 0) + 1
+        return kept
+
+
+def _outcome_rows(
+    completions: Sequence[Completion],
+) -> dict[tuple[int, str], list[tuple[Any, ...]]]:
+    """Parameter rows of the outcome statements, grouped by (fate, pool); jid last."""
+    groups: dict[tuple[int, str], list[tuple[Any, ...]]] = {}
+    for c in completions:
+        a = c.attempt
+        log = _json(a)
+        if c.dead is not None:
+            key = (_DEAD, c.job.pool)
+            row: tuple[Any, ...] = (
+                log,
+                a.started_at + a.duration,
+                c.dead.value,
+                a.error,
+                c.job.key,
+            )
+        elif c.retry_at is not None:
+            key = (_SCHEDULED, c.job.pool)
+            row = (log, c.retry_at, a.error, c.job.key)
+        elif c.job.attempts == 0:
+            key = (_DELIVERED_FIRST, c.job.pool)
+            row = (f"[{log}]", a.started_at + a.duration, c.job.key)
+        else:
+            key = (_DELIVERED, c.job.pool)
+            row = (log, a.started_at + a.duration, c.job.key)
+        rows = groups.get(key)
+        if rows is None:
+            groups[key] = [row]
+        else:
+            rows.append(row)
+    return groups
 
 
 def _dlq_where(sel: DlqFilter) -> tuple[str, list[object], bool]:
