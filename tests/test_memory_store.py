@@ -26,3 +26,4 @@ def test_ready_queue_pops_in_the_order_a_heap_would() -> None:
             assert queue.pop() == heapq.heappop(oracle)
         assert len(queue) == len(oracle)
     assert [queue.pop() for _ in range(len(queue))] == sorted(oracle)
+    assert queue.pop() is None

@@ -3,7 +3,7 @@
 A real backend, not a mock: the contract suite runs against it and SQLite alike. Nothing
 survives the process; "durable" is trivially true. Layout:
 
-    _messages  message id -> (Message, its jobs by pool)
+    _messages  message id -> its jobs by pool (never empty; each job holds the Message)
     _jobs      job key -> _Job
     _ready     pool -> _ReadyQueue of (-priority, available_at, key): jobs due when written
     _sched     pool -> heap of (available_at, key): jobs written with a future
@@ -108,11 +108,12 @@ class _ReadyQueue:
         else:
             heapq.heappush(self.heap, entry)
 
-    def pop(self) -> tuple[int, float, int]:
+    def pop(self) -> tuple[int, float, int] | None:
+        """The smallest entry, or None when empty."""
         fifo, heap = self.fifo, self.heap
         if heap and (not fifo or heap[0] < fifo[0]):
             return heapq.heappop(heap)
-        return fifo.popleft()
+        return fifo.popleft() if fifo else None
 
 
 class MemoryStore(Store):
@@ -120,7 +121,9 @@ class MemoryStore(Store):
 
     def __init__(self) -> None:
         self._open = False
-        self._messages: dict[str, tuple[Message, dict[str, _Job]]] = {}
+        # No (Message, jobs) tuples: a tuple is tracked by the garbage collector, a dict of
+        # gc-free jobs is not.
+        self._messages: dict[str, dict[str, _Job]] = {}
         self._jobs: dict[int, _Job] = {}
         self._ready: dict[str, _ReadyQueue] = {}
         self._sched: dict[str, list[tuple[float, int]]] = {}
@@ -178,7 +181,7 @@ class MemoryStore(Store):
             if m.headers:
                 m = _copy(m)
             jobs: dict[str, _Job] = {}
-            messages[m.id] = (m, jobs)
+            messages[m.id] = jobs
             scheduled = m.available_at > m.created_at
             available_at = m.available_at if scheduled else m.created_at
             for pool in new.pools if len(new.pools) == 1 else dict.fromkeys(new.pools):
@@ -223,8 +226,10 @@ class MemoryStore(Store):
         jobs: list[Job] = []
         skipped: list[tuple[int, float, int]] = []
         pop, get = ready.pop, self._jobs.get
-        while ready and len(jobs) < limit:
+        while len(jobs) < limit:
             entry = pop()
+            if entry is None:
+                break
             job = get(entry[2])
             if job is None or job.state != _READY:
                 continue
@@ -275,10 +280,10 @@ class MemoryStore(Store):
     # --- reads ---------------------------------------------------------------------------
     async def get_message(self, message_id: str) -> MessageStatus | None:
         self._check()
-        found = self._messages.get(message_id)
-        if found is None:
+        jobs = self._messages.get(message_id)
+        if jobs is None:
             return None
-        msg, jobs = found
+        msg = next(iter(jobs.values())).msg
         statuses = [
             JobStatus(
                 pool=j.pool,
@@ -392,7 +397,7 @@ class MemoryStore(Store):
 
     def _drop(self, job: _Job) -> None:
         del self._jobs[job.key]
-        jobs = self._messages[job.msg.id][1]
+        jobs = self._messages[job.msg.id]
         del jobs[job.pool]
         if not jobs:
             del self._messages[job.msg.id]
