@@ -35,6 +35,9 @@ log = logging.getLogger("dispatcher.pool")
 
 MAX_ERROR_LENGTH = 1000
 _IDLE_POLL = 5.0  # seconds; a safety net: new work is normally announced by notify()
+#: a full window holds about this much work at the pool's current pace
+_WINDOW_SECONDS = 0.1
+_MAX_WINDOW = 4096
 
 
 def clean_error(text: str) -> str:
@@ -88,6 +91,8 @@ class Pool:
         self.rate_wait_seconds = 0.0
         self._bucket = TokenBucket(self.rate, self.burst, time.monotonic())
         self._window: deque[Job] = deque()
+        self._started = 0  # jobs taken from the window since the last claim
+        self._paced_at = time.monotonic()
         self._workers: dict[int, _Worker] = {}
         self._stopping = False
         self._generation = 0  # bumped by notify(); tells the feeder its "nothing ready" is stale
@@ -102,11 +107,30 @@ class Pool:
 
     # --- sizes ---------------------------------------------------------------------------
     def _size_window(self) -> None:
-        # Enough claimed jobs to keep every worker busy through one claim round trip, and
-        # never so many that a pause or a crash strands a large batch. Plain attributes, not
-        # properties: workers read them once per message.
-        self.window_size = min(1024, max(64, 8 * self.concurrency))
-        self._low_water = self.window_size // 2
+        # At least enough claimed jobs to keep every worker busy through one claim round
+        # trip. A fast pool gets more (_pace_window): the store answers a claim after the
+        # write group in front of it, and a window that runs dry meanwhile idles the
+        # workers. Plain attributes, not properties: workers read them once per message.
+        self._min_window = min(1024, max(64, 8 * self.concurrency))
+        self._resize_window(self._min_window)
+
+    def _resize_window(self, size: int) -> None:
+        self.window_size = size
+        self._low_water = size // 2
+
+    def _pace_window(self) -> None:
+        """Size the window to about _WINDOW_SECONDS of work at the pace jobs were started
+        since the last claim: bigger claims when the pool is fast, never more than that
+        much work (and so delay for a later, higher-priority message) held in memory."""
+        now = time.monotonic()
+        elapsed = now - self._paced_at
+        if elapsed > 0.0:
+            pace = self._started / elapsed
+            self._resize_window(
+                min(_MAX_WINDOW, max(self._min_window, int(pace * _WINDOW_SECONDS)))
+            )
+        self._started = 0
+        self._paced_at = now
 
     # --- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -232,6 +256,7 @@ class Pool:
             if self.paused or not self._maybe_ready or len(self._window) > self._low_water:
                 await self._sleep_until_fed(now)
                 continue
+            self._pace_window()
             want = self.window_size - len(self._window)
             generation = self._generation
             try:
@@ -278,6 +303,7 @@ class Pool:
                 await self._wake.wait()
                 continue
             job = window.popleft()
+            self._started += 1
             if len(window) <= self._low_water and self._maybe_ready:
                 self._feed.set()
                 # Yield once so the feeder sends its claim while we work on this job.
