@@ -3,12 +3,14 @@
 Handlers translate HTTP to Dispatcher calls and back, nothing more: the wire format lives
 in `ingest.py` and `cloudevent.py`, behaviour in the Dispatcher. Operator endpoints (pools,
 DLQ, audit, subscribe) are in `api_ops.py`, the OpenAPI document in `openapi.py`.
+`Singles` publishes the single messages of concurrent requests together.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import msgspec
@@ -29,6 +31,90 @@ _STATUS = {
     State.DEAD: "dead",
 }
 _encode = msgspec.json.Encoder().encode
+
+
+class Singles:
+    """Publishes the single messages of requests that arrive together as one batch.
+
+    Python pays per `Dispatcher.publish` call (ids, backlog reservation, metrics, a store
+    round trip, a savepoint in the writer), so 64 concurrent `POST /v1/messages` cost far
+    less as one publish of 64. A group collects the requests whose handlers run in the same
+    event-loop pass (those read in one poll) and is published on the next pass: one extra
+    pass of latency, nothing else.
+
+    The answers stay those of publishing alone. A group's publish is all-or-nothing, so if
+    it is refused (a tag no route matches, a full backlog, draining, the store down), every
+    request of it publishes alone again, concurrently, for its own answer; nothing of the
+    group was stored. Messages with a producer id (deduplicated, possibly conflicting) and
+    traced publishes (whose spans are children of their own request's span) never join.
+    """
+
+    def __init__(self, dispatcher: Dispatcher, max_group: int = ingest.MAX_BATCH) -> None:
+        self._dispatcher = dispatcher
+        self._max = max_group
+        self._group: list[tuple[Publish, asyncio.Future[Accepted]]] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def publish(self, item: Publish) -> Accepted:
+        dispatcher = self._dispatcher
+        if item.id is not None or dispatcher.tracing.live:
+            (accepted,) = await dispatcher.publish([item])
+            return accepted
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Accepted] = loop.create_future()
+        group = self._group
+        if group is None or len(group) >= self._max:
+            group = self._group = []
+            loop.call_soon(self._flush, group)
+        group.append((item, future))
+        return await future
+
+    def _flush(self, group: list[tuple[Publish, asyncio.Future[Accepted]]]) -> None:
+        if self._group is group:
+            self._group = None
+        task = asyncio.get_running_loop().create_task(self._publish(group))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _publish(self, group: list[tuple[Publish, asyncio.Future[Accepted]]]) -> None:
+        # A request that went away before its group left (the client hung up) stays out.
+        group = [(item, future) for item, future in group if not future.done()]
+        try:
+            if not group:
+                return
+            if len(group) == 1:
+                await self._alone(*group[0])
+                return
+            try:
+                results = await self._dispatcher.publish([item for item, _ in group])
+            except Exception:
+                await asyncio.gather(*(self._alone(item, future) for item, future in group))
+                return
+            for (_, future), accepted in zip(group, results, strict=True):
+                if not future.done():
+                    future.set_result(accepted)
+        finally:
+            for _, future in group:  # cancelled at shutdown: nobody is left waiting
+                future.cancel()
+
+    async def _alone(self, item: Publish, future: asyncio.Future[Accepted]) -> None:
+        try:
+            (accepted,) = await self._dispatcher.publish([item])
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc)
+        else:
+            if not future.done():
+                future.set_result(accepted)
+
+    async def run(self, app: web.Application) -> AsyncIterator[None]:
+        """The app's cleanup context: groups still publishing are awaited at shutdown."""
+        yield
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+SINGLES = web.AppKey("singles", Singles)
 
 
 def json_response(
@@ -59,7 +145,7 @@ async def post_message(request: web.Request) -> web.Response:
         item = cloudevent.decode_binary(body, headers)
     else:
         item = ingest.decode_single(body, headers)
-    (accepted,) = await dispatcher.publish([item])
+    accepted = await request.app[SINGLES].publish(item)
     body_out = _accepted(accepted)
     location = {"Location": f"/v1/messages/{accepted.id}"}
     return json_response(body_out, 200 if accepted.duplicate else 202, location)

@@ -98,6 +98,8 @@ def create_app(
     app[DISPATCHER] = dispatcher or Dispatcher(settings)
     app[AUTH] = authenticator or Authenticator(settings.auth, os.environ)
     app.cleanup_ctx.append(_run_dispatcher)
+    app[api.SINGLES] = singles = api.Singles(app[DISPATCHER])
+    app.cleanup_ctx.append(singles.run)  # after the dispatcher: stops before it
     api.add_routes(app)
     observability.setup(app)  # /metrics, /debug/tasks; request metrics and SERVER spans
     console.setup(app)
