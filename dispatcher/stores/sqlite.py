@@ -84,6 +84,7 @@ import concurrent.futures
 import contextlib
 import ctypes
 import functools
+import math
 import os
 import queue
 import sqlite3
@@ -1224,15 +1225,17 @@ class _NewRows:
         self.keyed: list[tuple[int, str, bytes, float]] = []
         self.counts: dict[str, int] = {}
         self.now = batch[0].message.created_at
+        add_message, add_job = self.messages.append, self.jobs.append
+        per_route: dict[tuple[str, ...], int] = {}
         # The highest priority and earliest time among the new ready jobs, for the claim
         # cursors (taken apart, the pair may belong to two messages: that errs on the safe side).
-        priority: int | None = None
-        earliest = 0.0
+        priority: float = -math.inf
+        earliest = math.inf
         mid = last_mid
         for index, new in enumerate(batch):
             m = new.message
             mid += 1
-            self.messages.append(
+            add_message(
                 (
                     mid,
                     m.id,
@@ -1251,25 +1254,43 @@ class _NewRows:
                 state, available_at = _SCHEDULED, m.available_at
             else:
                 state, available_at = _READY, m.created_at
-                if priority is None:
-                    priority, earliest = m.priority, available_at
-                else:
-                    priority, earliest = max(priority, m.priority), min(earliest, available_at)
-            for k, pool in enumerate(dict.fromkeys(new.pools)):
-                self.jobs.append(
+                if m.priority > priority:
+                    priority = m.priority
+                if available_at < earliest:
+                    earliest = available_at
+            pools = new.pools
+            if len(pools) == 1:
+                add_job(
                     (
-                        mid * FANOUT_LIMIT + k,
+                        mid * FANOUT_LIMIT,
                         mid,
-                        pool,
+                        pools[0],
                         state,
                         m.priority,
                         available_at,
                         m.created_at,
                     )
                 )
-                self.counts[pool] = self.counts.get(pool, 0) + 1
+            else:
+                pools = tuple(dict.fromkeys(pools))
+                for k, pool in enumerate(pools):
+                    add_job(
+                        (
+                            mid * FANOUT_LIMIT + k,
+                            mid,
+                            pool,
+                            state,
+                            m.priority,
+                            available_at,
+                            m.created_at,
+                        )
+                    )
+            per_route[pools] = per_route.get(pools, 0) + 1
+        for pools, n in per_route.items():
+            for pool in pools:
+                self.counts[pool] = self.counts.get(pool, 0) + n
         #: where the first of the new ready jobs sorts, for the claim cursors
-        self.first_ready = None if priority is None else (priority, earliest)
+        self.first_ready = None if earliest == math.inf else (int(priority), earliest)
 
     def keep(self, mids: set[int]) -> _NewRows:
         """These rows without the messages not in `mids` (duplicates)."""
