@@ -134,6 +134,19 @@ async def test_commit_failure_fails_every_request_of_the_group(store: SqliteStor
     assert await store.ping()
 
 
+async def test_a_savepoint_that_cannot_be_undone_fails_the_group_not_the_writer(
+    store: SqliteStore,
+) -> None:
+    def undo_own_savepoint_then_fail(db: sqlite3.Connection) -> None:
+        db.execute("RELEASE request")  # so ROLLBACK TO request itself fails
+        raise sqlite3.OperationalError("boom")
+
+    with pytest.raises(StoreError, match="boom"):
+        await on_writer(store, undo_own_savepoint_then_fail)
+    assert await store.ping()
+    assert await store.enqueue([new("after")]) == [True]
+
+
 # Tolerated: the writer thread is killed on purpose, and pytest reports the thread's death.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 async def test_a_dead_writer_fails_fast_instead_of_hanging(store: SqliteStore) -> None:

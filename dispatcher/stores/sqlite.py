@@ -688,9 +688,15 @@ class SqliteStore(Store):
                 err = _store_error(exc)
                 failed.append((req.future, None, err))
                 if db.in_transaction:
-                    db.execute("ROLLBACK TO request")
-                    db.execute("RELEASE request")
-                    continue
+                    try:
+                        db.execute("ROLLBACK TO request")
+                        db.execute("RELEASE request")
+                        continue
+                    except sqlite3.Error:
+                        # Not even the savepoint could be undone: give up the whole
+                        # transaction rather than let the writer thread die of it.
+                        with contextlib.suppress(sqlite3.Error):
+                            db.execute("ROLLBACK")
                 # SQLite rolled the whole transaction back (disk full, I/O error): the
                 # requests applied before this one are lost with it.
                 failed.extend((r.future, None, err) for r, _, _ in done)
