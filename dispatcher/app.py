@@ -1,4 +1,4 @@
-"""The aiohttp application: API routes, auth and error middleware, and the Dispatcher's
+"""The aiohttp application: API routes, the auth and error middleware, and the Dispatcher's
 lifecycle in a cleanup context (started before the first request, drained at shutdown)."""
 
 from __future__ import annotations
@@ -26,20 +26,34 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error becomes problem+json; bad input never becomes a 5xx. An error answered
-    before the body was read closes the connection rather than read the rest of it."""
+async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Check the token against the route's scope, run the handler, and answer every error
+    as problem+json; bad input never becomes a 5xx. An error answered before the body was
+    read closes the connection rather than read the rest of it.
+
+    One middleware for what could be three (errors, auth, counting refused messages): every
+    level of middleware costs every request a coroutine and a resumption."""
     try:
+        refused = _authorize(request)
+        if refused is not None:
+            return refused
         return await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise  # redirects
+        _count_rejection(request, exc)
         response = _problem_for(exc)
     except Exception as exc:
+        _count_rejection(request, exc)
         response = _problem_for(exc)
     if not request.content.is_eof():
         response.force_close()
     return response
+
+
+def _count_rejection(request: web.Request, exc: Exception) -> None:
+    if getattr(request.match_info.handler, "__scope__", None) == "produce":
+        observability.count_rejection(request.config_dict[DISPATCHER].metrics, exc)
 
 
 def _problem_for(exc: Exception) -> web.Response:
@@ -58,11 +72,11 @@ def _problem_for(exc: Exception) -> web.Response:
     return problem(500, "internal error; the server log has the details")
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def _authorize(request: web.Request) -> web.Response | None:
+    """None if the request may go on (and PRINCIPAL says who sent it), else the 401/403."""
     scope = _scope_of(request)
     if scope is None:
-        return await handler(request)
+        return None
     principal = request.app[AUTH].from_header(request.headers.get("Authorization"))
     if principal is None:
         return problem(
@@ -71,7 +85,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if not principal.allows(scope):
         return problem(403, f"this token lacks the {scope!r} scope")
     request[PRINCIPAL] = principal
-    return await handler(request)
+    return None
 
 
 def _scope_of(request: web.Request) -> str | None:
@@ -89,7 +103,7 @@ def create_app(
 ) -> web.Application:
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
-        middlewares=[error_middleware, auth_middleware],
+        middlewares=[edge_middleware],
         # A connection that has not sent a complete request line and headers this long
         # after opening (or after its last response) is closed: slow headers are cut off.
         # Slow bodies are bounded in ingest.read_body.

@@ -1,12 +1,12 @@
-"""The HTTP side of observability: `/metrics`, `/debug/tasks`, and two aiohttp middlewares.
+"""The HTTP side of observability: `/metrics`, `/debug/tasks`, and an aiohttp middleware.
 
 `setup(app)` is the one call `create_app` makes. It puts `observe_request` outermost, so it
-sees the final status of every request (after the error and auth middlewares answered):
+sees the final status of every request (after the error and auth middleware answered):
 it counts `dispatcher_http_requests_total{handler,method,code}`, where `handler` is the
 route's canonical path (`/v1/messages/{id}`, never the raw path: bounded), and, when a
 tracer provider records, runs the request in a SERVER span continuing the caller's
-`traceparent`. `count_rejections` goes innermost, next to the handlers, where a refused
-message is still an exception that says why (`Rejected.reason`).
+`traceparent`. The error middleware calls `count_rejection` while a refused message is
+still an exception that says why (`Rejected.reason`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ UNMATCHED = "unmatched"  # the handler label of requests no route matched (404, 
 def setup(app: web.Application) -> None:
     dispatcher = app[DISPATCHER]
     app.middlewares.insert(0, _observe_request(dispatcher.metrics, dispatcher.tracing))
-    app.middlewares.append(_count_rejections(dispatcher.metrics))
     app.router.add_get("/metrics", _metrics_handler(dispatcher.metrics))
     app.router.add_get("/debug/tasks", debug.tasks)
 
@@ -133,18 +132,9 @@ def _scope(request: web.Request) -> str | None:
     return scope
 
 
-def _count_rejections(metrics: Metrics) -> Middleware:
-    @web.middleware
-    async def count_rejections(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if _scope(request) != "produce":
-            return await handler(request)
-        try:
-            return await handler(request)
-        except Rejected as exc:
-            metrics.reject(exc.reason)
-            raise
-        except web.HTTPRequestEntityTooLarge:
-            metrics.reject("too_large")
-            raise
-
-    return count_rejections
+def count_rejection(metrics: Metrics, exc: Exception) -> None:
+    """Count `exc`, raised by an ingest handler, in dispatcher_messages_rejected_total."""
+    if isinstance(exc, Rejected):
+        metrics.reject(exc.reason)
+    elif isinstance(exc, web.HTTPRequestEntityTooLarge):
+        metrics.reject("too_large")
