@@ -70,7 +70,7 @@ scheduled jobs, which a restart's claim would redo) commits without an fsync.
 
 The writer's Python is kept small, because it competes for the GIL with the event loop:
 rows are built on the loop (`_NewRows`, `_outcome_rows`) and inserted with multi-row
-statements (`_insert`), each running in C without the GIL, instead of one step per row.
+statements (`_many`), each running in C without the GIL, instead of one step per row.
 
 Bulk operations (DLQ replay and purge, expire) run as chunks of `_CHUNK` rows, each its
 own write request, so the hot path keeps flowing between chunks; a failure part-way leaves
@@ -251,10 +251,13 @@ SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
 # --- statements on the hot path ----------------------------------------------------------
 
-_INSERT_MESSAGE = "INSERT INTO messages VALUES"
+_INSERT_MESSAGE = ("INSERT INTO messages VALUES", "")
 #: for ids nobody has checked: the rowcount tells whether one was already there
-_INSERT_MESSAGE_NEW = "INSERT OR IGNORE INTO messages VALUES"
-_INSERT_JOB = "INSERT INTO jobs (jid, mid, pool, state, priority, available_at, created_at) VALUES"
+_INSERT_MESSAGE_NEW = ("INSERT OR IGNORE INTO messages VALUES", "")
+_INSERT_JOB = (
+    "INSERT INTO jobs (jid, mid, pool, state, priority, available_at, created_at) VALUES",
+    "",
+)
 _ROWS_PER_INSERT: Final = 256
 _PROMOTE = "UPDATE jobs SET state = 0 WHERE state = 4 AND pool = ? AND available_at <= ?"
 _CLAIM_COLUMNS = """j.jid, j.attempts, j.available_at, j.priority,
@@ -273,25 +276,34 @@ _CLAIM_AFTER_LOWER = f"""SELECT {_CLAIM_COLUMNS}
     AND j.priority < ?3
     ORDER BY j.priority DESC, j.available_at, j.jid LIMIT ?4"""
 _NEXT_AT = "SELECT min(available_at) FROM jobs WHERE state = 4 AND pool = ?"
-_DELIVERED_SQL = """
-    UPDATE jobs SET state = 2, attempts = attempts + 1,
-        attempt_log = json_insert(coalesce(attempt_log, '[]'), '$[#]', json(?)),
-        finished_at = ?
-    WHERE jid = ? AND state = 0"""
+# Outcomes: (head, tail) around a multi-row VALUES list, for _many; the jid comes last.
+_DELIVERED_SQL = (
+    """UPDATE jobs SET state = 2, attempts = attempts + 1,
+        attempt_log = json_insert(coalesce(attempt_log, '[]'), '$[#]', json(v.column1)),
+        finished_at = v.column2
+    FROM (VALUES""",
+    ") AS v WHERE jobs.jid = v.column3 AND jobs.state = 0",
+)
 #: the common case, success at the first attempt: the log is written whole, not parsed
-_DELIVERED_FIRST_SQL = """
-    UPDATE jobs SET state = 2, attempts = 1, attempt_log = ?, finished_at = ?
-    WHERE jid = ? AND state = 0"""
-_RETRY_SQL = """
-    UPDATE jobs SET state = 4, attempts = attempts + 1,
-        attempt_log = json_insert(coalesce(attempt_log, '[]'), '$[#]', json(?)),
-        available_at = ?, last_error = ?
-    WHERE jid = ? AND state = 0"""
-_DEAD_SQL = """
-    UPDATE jobs SET state = 3, attempts = attempts + 1,
-        attempt_log = json_insert(coalesce(attempt_log, '[]'), '$[#]', json(?)),
-        finished_at = ?, dead_reason = ?, last_error = ?
-    WHERE jid = ? AND state = 0"""
+_DELIVERED_FIRST_SQL = (
+    """UPDATE jobs SET state = 2, attempts = 1, attempt_log = v.column1, finished_at = v.column2
+    FROM (VALUES""",
+    ") AS v WHERE jobs.jid = v.column3 AND jobs.state = 0",
+)
+_RETRY_SQL = (
+    """UPDATE jobs SET state = 4, attempts = attempts + 1,
+        attempt_log = json_insert(coalesce(attempt_log, '[]'), '$[#]', json(v.column1)),
+        available_at = v.column2, last_error = v.column3
+    FROM (VALUES""",
+    ") AS v WHERE jobs.jid = v.column4 AND jobs.state = 0",
+)
+_DEAD_SQL = (
+    """UPDATE jobs SET state = 3, attempts = attempts + 1,
+        attempt_log = json_insert(coalesce(attempt_log, '[]'), '$[#]', json(v.column1)),
+        finished_at = v.column2, dead_reason = v.column3, last_error = v.column4
+    FROM (VALUES""",
+    ") AS v WHERE jobs.jid = v.column5 AND jobs.state = 0",
+)
 _OUTCOME_SQL: Final = {
     _DEAD: _DEAD_SQL,
     _SCHEDULED: _RETRY_SQL,
@@ -334,18 +346,19 @@ def _name_os_thread(name: str) -> None:
 
 
 @functools.cache
-def _values(head: str, width: int, n: int) -> str:
+def _values(sql: tuple[str, str], width: int, n: int) -> str:
     row = f"({', '.join('?' * width)})"
-    return f"{head} {', '.join([row] * n)}"
+    return f"{sql[0]} {', '.join([row] * n)}{sql[1]}"
 
 
-def _insert(db: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]]) -> int:
-    """INSERT `rows` (all as wide as the first) with `head` ("INSERT INTO t VALUES"), in
-    multi-row statements rather than executemany. executemany steps once per row, and
-    each step gives the GIL up and must win it back from the event loop: behind a busy loop
-    that waiting, not SQLite, was most of the writer's time. Here each statement binds up
-    to _ROWS_PER_INSERT rows and then runs them in C in one step. Statements hold 256 rows
-    or a power of two fewer, so only a handful are ever prepared (and stay cached)."""
+def _many(db: sqlite3.Connection, sql: tuple[str, str], rows: Sequence[tuple[Any, ...]]) -> int:
+    """Run `sql` = (head, tail) over `rows` (all as wide as the first) as head, a multi-row
+    VALUES list, tail: an INSERT ... VALUES, or an UPDATE ... FROM (VALUES ...) AS v. Not
+    executemany: that steps once per row, and each step gives the GIL up and must win it
+    back from the event loop; behind a busy loop that waiting, not SQLite, was most of the
+    writer's time. Here each statement binds up to _ROWS_PER_INSERT rows, then runs them
+    in C in one step. Statements hold 256 rows or a power of two fewer, so only a handful
+    are ever prepared (and they stay cached). Returns the rows changed."""
     if not rows:
         return 0
     width = len(rows[0])
@@ -353,7 +366,7 @@ def _insert(db: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]]) 
     while start < len(rows):
         n = min(_ROWS_PER_INSERT, 1 << ((len(rows) - start).bit_length() - 1))
         part = rows[start : start + n]
-        done += db.execute(_values(head, width, n), [v for row in part for v in row]).rowcount
+        done += db.execute(_values(sql, width, n), [v for row in part for v in row]).rowcount
         start += n
     return done
 
@@ -753,9 +766,9 @@ class SqliteStore(Store):
             # Ids the dispatcher made are new: try them all, and only if one was already
             # taken (a caller reusing an id without a digest) go back and sort them out.
             db.execute("SAVEPOINT enqueue")
-            if _insert(db, _INSERT_MESSAGE_NEW, rows.messages) == len(rows.messages):
+            if _many(db, _INSERT_MESSAGE_NEW, rows.messages) == len(rows.messages):
                 db.execute("RELEASE enqueue")
-                _insert(db, _INSERT_JOB, rows.jobs)
+                _many(db, _INSERT_JOB, rows.jobs)
                 self._w_arrived(d, rows)
                 return [True] * len(rows.messages)
             db.execute("ROLLBACK TO enqueue")
@@ -779,8 +792,8 @@ class SqliteStore(Store):
                 kept.add(m[0])
         if len(kept) < len(rows.messages):
             rows = rows.keep(kept)
-        _insert(db, _INSERT_MESSAGE, rows.messages)
-        _insert(db, _INSERT_JOB, rows.jobs)
+        _many(db, _INSERT_MESSAGE, rows.messages)
+        _many(db, _INSERT_JOB, rows.jobs)
         if rows.keyed:
             db.executemany(
                 "INSERT OR REPLACE INTO dedup (id, digest, until) VALUES (?, ?, ?)",
@@ -858,7 +871,7 @@ class SqliteStore(Store):
             mine = [row for row in rows if row[-1] in held]
             if not mine:
                 continue
-            n = db.executemany(_OUTCOME_SQL[fate], mine).rowcount
+            n = _many(db, _OUTCOME_SQL[fate], mine)
             assert books is not None
             d.after.append(functools.partial(books.finished, [row[-1] for row in mine]))
             delta = d.setdefault(pool, [0, 0, 0])
