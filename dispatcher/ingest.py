@@ -95,7 +95,7 @@ def decode_single(body: bytes, headers: Mapping[str, str]) -> Publish:
         if item.id is not None and item.id != key_id:
             raise InvalidMessage("id and the Idempotency-Key header differ", pointer="/id")
         item.id = key_id
-    return to_publish(item, "", trace_of(headers), depth=1)
+    return to_publish(item, None, trace_of(headers), depth=1)
 
 
 def decode_batch(body: bytes, headers: Mapping[str, str]) -> list[Publish]:
@@ -110,7 +110,7 @@ def decode_batch(body: bytes, headers: Mapping[str, str]) -> list[Publish]:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
     check_batch_size(len(items))
     trace = trace_of(headers)
-    return [to_publish(item, f"/{i}", trace, depth=2) for i, item in enumerate(items)]
+    return [to_publish(item, i, trace, depth=2) for i, item in enumerate(items)]
 
 
 def check_batch_size(n: int) -> None:
@@ -156,16 +156,23 @@ def check_payload_depth(payload: bytes, depth: int, pointer: str) -> None:
         raise BadRequest(f"the body is not valid JSON: {exc}", pointer=pointer) from None
 
 
-def to_publish(item: MessageIn, prefix: str, trace: str | None, *, depth: int) -> Publish:
-    """Check the rules msgspec's types cannot express; `prefix` is the item's JSON pointer."""
-    check_tag(item.tag, f"{prefix}/tag")
+def to_publish(item: MessageIn, index: int | None, trace: str | None, *, depth: int) -> Publish:
+    """Check the rules msgspec's types cannot express; `index` is the item's place in a
+    batch (None: a single message). The JSON pointers of problems are only built for one."""
+    if not is_valid_tag(item.tag):
+        check_tag(item.tag, f"{_prefix(index)}/tag")
     payload = bytes(item.payload)
-    check_payload_depth(payload, depth, f"{prefix}/payload")
+    # check_payload_depth's own first test, so that the common case builds no pointer
+    if payload.count(b"{") + payload.count(b"[") > strictjson.MAX_DEPTH - depth:
+        check_payload_depth(payload, depth, f"{_prefix(index)}/payload")
     if item.id is not None and not MESSAGE_ID.match(item.id):
-        raise InvalidMessage("id must be 1 to 128 of [A-Za-z0-9._:~@+=-]", pointer=f"{prefix}/id")
+        raise InvalidMessage(
+            "id must be 1 to 128 of [A-Za-z0-9._:~@+=-]", pointer=f"{_prefix(index)}/id"
+        )
     if not math.isfinite(item.delay) or not 0 <= item.delay <= MAX_DELAY:
         raise InvalidMessage(
-            f"delay must be between 0 and {MAX_DELAY:g} seconds", pointer=f"{prefix}/delay"
+            f"delay must be between 0 and {MAX_DELAY:g} seconds",
+            pointer=f"{_prefix(index)}/delay",
         )
     return Publish(
         tag=item.tag,
@@ -173,9 +180,13 @@ def to_publish(item: MessageIn, prefix: str, trace: str | None, *, depth: int) -
         id=item.id,
         priority=item.priority,
         delay=item.delay,
-        headers=check_headers(item.headers, f"{prefix}/headers") if item.headers else {},
+        headers=check_headers(item.headers, f"{_prefix(index)}/headers") if item.headers else {},
         trace=trace,
     )
+
+
+def _prefix(index: int | None) -> str:
+    return "" if index is None else f"/{index}"
 
 
 def check_headers(headers: Mapping[str, str], prefix: str) -> dict[str, str]:

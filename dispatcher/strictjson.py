@@ -12,10 +12,11 @@ recursion limit, or integers of thousands of digits. `check` adds those, cheaply
   keeps every ':' inside strings while losing one per dropped key. So, unless a key may be
   spelt with a `\\u003a` escape, "same number of ':' before and after" means "no duplicate";
   the exact check (json.loads with a pairs hook) runs only when that test cannot decide.
-- long numbers: only a body longer than MAX_DIGITS is searched for a run of digits, and
-  only a hit is looked at closely (outside strings).
+- long numbers: only a body longer than MAX_DIGITS is searched for a run of digits (every
+  digit mapped to one byte with `translate`, then a plain substring search: a regex costs
+  ten times more), and only a hit is looked at closely (outside strings).
 
-Measured on a 100-byte message: about 2 µs in all; on a 1000-item batch about 2 ms.
+Measured on a 100-byte message: about 2 µs in all; on a 1000-item batch about 1 ms.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ MAX_DIGITS = 4300  # CPython's int_max_str_digits default
 _decode_any = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 _LONG_RUN = re.compile(rb"[0-9]{%d}" % (MAX_DIGITS + 1))
+_DIGITS_AS_ZERO = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))
+_ZERO_RUN = b"0" * (MAX_DIGITS + 1)
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _CONTAINERS = frozenset({dict, list})
 
@@ -64,7 +67,7 @@ def check(body: bytes, *, depth: bool = True) -> None:
     # Digits in strings are fine: a hit is looked at again with the strings taken out.
     if (
         len(body) > MAX_DIGITS
-        and _LONG_RUN.search(body)
+        and _ZERO_RUN in body.translate(_DIGITS_AS_ZERO)
         and _LONG_RUN.search(_STRING.sub(b'""', body))
     ):
         raise JsonError(f"a number has more than {MAX_DIGITS} digits")
@@ -91,7 +94,8 @@ def _walk_depth(value: Any, limit: int) -> None:
 
 
 def _check_keys(body: bytes, value: Any) -> None:
-    if b"\\u003" not in body and b"\\U003" not in body:
+    # A ':' may hide as \u003a or \u003A in a key (JSON has no \U escape: msgspec refused it).
+    if b"\\u003" not in body:
         if _encode(value).count(b":") == body.count(b":"):
             return
     else:
