@@ -164,14 +164,18 @@ async def post_batch(request: web.Request) -> web.Response:
     return json_response({"results": [_accepted(a) for a in accepted]}, 202)
 
 
-def _accepted(a: Accepted) -> dict[str, Any]:
-    return {
-        "id": a.id,
-        "tag": a.tag,
-        "pools": list(a.pools),
-        "status": "queued",
-        "duplicate": a.duplicate,
-    }
+class AcceptedView(msgspec.Struct):
+    """One accepted message as the API answers it (a struct encodes faster than a dict)."""
+
+    id: str
+    tag: str
+    pools: tuple[str, ...]
+    status: str
+    duplicate: bool
+
+
+def _accepted(a: Accepted) -> AcceptedView:
+    return AcceptedView(a.id, a.tag, a.pools, "queued", a.duplicate)
 
 
 @requires("read")
