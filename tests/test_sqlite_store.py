@@ -74,6 +74,25 @@ async def test_synchronous_normal(tmp_path: Path) -> None:
         SqliteStore("x.db", synchronous="off")
 
 
+async def test_open_shortens_the_gil_switch_interval_but_never_lengthens_it(
+    db_path: Path,
+) -> None:
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        s = SqliteStore(str(db_path))
+        await s.open()
+        assert sys.getswitchinterval() == pytest.approx(sqlite_module._GIL_SWITCH_INTERVAL)
+        await s.close()
+        sys.setswitchinterval(0.0001)
+        s = SqliteStore(str(db_path))
+        await s.open()
+        assert sys.getswitchinterval() == pytest.approx(0.0001)
+        await s.close()
+    finally:
+        sys.setswitchinterval(before)
+
+
 async def test_one_named_writer_thread(store: SqliteStore) -> None:
     names = [t.name for t in threading.enumerate()]
     assert names.count("dispatcher-sqlite-writer") == 1

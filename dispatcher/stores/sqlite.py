@@ -88,6 +88,7 @@ import math
 import os
 import queue
 import sqlite3
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
@@ -121,6 +122,8 @@ _CHUNK: Final = 5000
 #: jobs of one message per rowid range; config.MAX_POOLS keeps fan-out below it
 FANOUT_LIMIT: Final = 1024
 _CHECKPOINT_INTERVAL: Final = 0.25  # seconds between passive WAL checkpoints
+#: seconds; see SqliteStore.open
+_GIL_SWITCH_INTERVAL: Final = 0.0002
 _AUTOCHECKPOINT_BACKSTOP: Final = 16384  # pages (64 MiB of WAL at 4 KiB pages)
 
 
@@ -258,7 +261,7 @@ _INSERT_JOB = (
     "INSERT INTO jobs (jid, mid, pool, state, priority, available_at, created_at) VALUES",
     "",
 )
-_ROWS_PER_INSERT: Final = 256
+_ROWS_PER_INSERT: Final = 1024
 _PROMOTE = "UPDATE jobs SET state = 0 WHERE state = 4 AND pool = ? AND available_at <= ?"
 _CLAIM_COLUMNS = """j.jid, j.attempts, j.available_at, j.priority,
     m.id, m.tag, m.payload, m.created_at, m.priority, m.available_at, m.headers, m.trace
@@ -362,12 +365,12 @@ def _many(db: sqlite3.Connection, sql: tuple[str, str], rows: Sequence[tuple[Any
     if not rows:
         return 0
     width = len(rows[0])
-    done = start = 0
-    while start < len(rows):
-        n = min(_ROWS_PER_INSERT, 1 << ((len(rows) - start).bit_length() - 1))
-        part = rows[start : start + n]
-        done += db.execute(_values(sql, width, n), [v for row in part for v in row]).rowcount
-        start += n
+    done = 0
+    for start in range(0, len(rows), _ROWS_PER_INSERT):
+        part = rows[start : start + _ROWS_PER_INSERT]
+        done += db.execute(
+            _values(sql, width, len(part)), [v for row in part for v in row]
+        ).rowcount
     return done
 
 
@@ -471,6 +474,13 @@ class SqliteStore(Store):
     async def open(self) -> int:
         if self._state != _NEW:
             raise StoreError("a SqliteStore opens once; make a new one to reopen the file")
+        # The writer gives the GIL up at every statement and must win it back from the
+        # event loop, which keeps it, when busy, until the switch interval has passed: 5 ms
+        # by default, paid many times per write group. A shorter interval bounds each of
+        # those waits. Engine bench, 5 alternating runs each: 5 ms 24.5k msg/s, 1 ms
+        # 26.0-26.8k, 0.2 ms 27.0k. Only ever lowered, never raised.
+        if sys.getswitchinterval() > _GIL_SWITCH_INTERVAL:
+            sys.setswitchinterval(_GIL_SWITCH_INTERVAL)
         loop = asyncio.get_running_loop()
         opened: asyncio.Future[int] = loop.create_future()
         self._writer = threading.Thread(
