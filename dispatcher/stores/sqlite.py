@@ -477,8 +477,9 @@ class SqliteStore(Store):
         # The writer gives the GIL up at every statement and must win it back from the
         # event loop, which keeps it, when busy, until the switch interval has passed: 5 ms
         # by default, paid many times per write group. A shorter interval bounds each of
-        # those waits. Engine bench, 5 alternating runs each: 5 ms 24.5k msg/s, 1 ms
-        # 26.0-26.8k, 0.2 ms 27.0k. Only ever lowered, never raised.
+        # those waits. Engine bench, 4 interleaved runs each: 5 ms 23.2k msg/s, 1 ms 23.4k,
+        # 0.2 ms 25.1k. The price: ~10% more CPU per single-message HTTP request (more
+        # switches), which stays well above its target. Only ever lowered, never raised.
         if sys.getswitchinterval() > _GIL_SWITCH_INTERVAL:
             sys.setswitchinterval(_GIL_SWITCH_INTERVAL)
         loop = asyncio.get_running_loop()
