@@ -374,6 +374,20 @@ async def test_claim_order_holds_across_claims_and_late_arrivals(store: Store) -
     assert ids((await store.claim("p", 5, LATER)).jobs) == []
 
 
+async def test_claims_walk_jobs_of_one_instant_in_order(store: Store) -> None:
+    # A batch shares one created_at: the claim cursor must move on within it by job.
+    await store.enqueue([new(msg(f"m{i}", created=T0)) for i in range(10)])
+    await store.enqueue([new(msg("later", created=T0 + 1)), new(msg("low", priority=-1))])
+    got = [ids((await store.claim("p", 3, LATER)).jobs) for _ in range(5)]
+    assert got == [
+        ["m0", "m1", "m2"],
+        ["m3", "m4", "m5"],
+        ["m6", "m7", "m8"],
+        ["m9", "later", "low"],
+        [],
+    ]
+
+
 async def test_a_released_job_cannot_be_completed(store: Store) -> None:
     await store.enqueue([new("m")])
     (job,) = (await store.claim("p", 1, LATER)).jobs

@@ -270,12 +270,16 @@ _CLAIM_COLUMNS = """j.jid, j.attempts, j.available_at, j.priority,
 #: the head of jobs_ready, in claim order
 _CLAIM_HEAD = f"""SELECT {_CLAIM_COLUMNS}
     ORDER BY j.priority DESC, j.available_at, j.jid LIMIT ?3"""
-#: what follows the cursor (?3, ?4, ?5) = (priority, available_at, jid): first the rest of
-#: its priority, then the lower ones; two index ranges, since the index mixes directions
-_CLAIM_AFTER_SAME = f"""SELECT {_CLAIM_COLUMNS}
-    AND j.priority = ?3 AND (j.available_at, j.jid) > (?4, ?5)
-    ORDER BY j.available_at, j.jid LIMIT ?6"""
-_CLAIM_AFTER_LOWER = f"""SELECT {_CLAIM_COLUMNS}
+#: what follows the cursor (?3, ?4, ?5) = (priority, available_at, jid), in three index
+#: ranges, since the index mixes directions and a row-value bound (available_at, jid) > (a, j)
+#: would only seek on available_at (a batch shares one time: it would rescan the batch)
+_CLAIM_SAME_TIME = f"""SELECT {_CLAIM_COLUMNS}
+    AND j.priority = ?3 AND j.available_at = ?4 AND j.jid > ?5
+    ORDER BY j.jid LIMIT ?6"""
+_CLAIM_LATER = f"""SELECT {_CLAIM_COLUMNS}
+    AND j.priority = ?3 AND j.available_at > ?4
+    ORDER BY j.available_at, j.jid LIMIT ?5"""
+_CLAIM_LOWER = f"""SELECT {_CLAIM_COLUMNS}
     AND j.priority < ?3
     ORDER BY j.priority DESC, j.available_at, j.jid LIMIT ?4"""
 _NEXT_AT = "SELECT min(available_at) FROM jobs WHERE state = 4 AND pool = ?"
@@ -853,10 +857,15 @@ class SqliteStore(Store):
             if cursor is None:
                 seen = db.execute(_CLAIM_HEAD, (pool, now, want)).fetchall()
             else:
-                seen = db.execute(_CLAIM_AFTER_SAME, (pool, now, *cursor, want)).fetchall()
+                priority, available_at, _ = cursor
+                seen = db.execute(_CLAIM_SAME_TIME, (pool, now, *cursor, want)).fetchall()
                 if len(seen) < want:
                     seen += db.execute(
-                        _CLAIM_AFTER_LOWER, (pool, now, cursor[0], want - len(seen))
+                        _CLAIM_LATER, (pool, now, priority, available_at, want - len(seen))
+                    ).fetchall()
+                if len(seen) < want:
+                    seen += db.execute(
+                        _CLAIM_LOWER, (pool, now, priority, want - len(seen))
                     ).fetchall()
             if not seen:
                 break
