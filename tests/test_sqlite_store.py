@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from dispatcher.errors import StoreError
-from dispatcher.message import Message, NewMessage, State
+from dispatcher.message import Attempt, Completion, Message, NewMessage, Outcome, State
 from dispatcher.stores import sqlite as sqlite_module
 from dispatcher.stores.sqlite import SCHEMA_VERSION, SqliteStore
 
@@ -91,6 +91,18 @@ async def test_open_shortens_the_gil_switch_interval_but_never_lengthens_it(
         await s.close()
     finally:
         sys.setswitchinterval(before)
+
+
+async def test_big_batches_fit_an_old_sqlite_parameter_limit(store: SqliteStore) -> None:
+    # SQLite before 3.32 binds at most 999 parameters per statement.
+    limit = sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER
+    await on_writer(store, lambda db: db.setlimit(limit, 999))
+    assert await store.enqueue([new(f"m{i}") for i in range(1000)]) == [True] * 1000
+    jobs = (await store.claim("p", 1000, T0 + 1)).jobs
+    assert len(jobs) == 1000
+    done = Attempt(1, T0 + 2, 0.01, Outcome.SUCCESS)
+    await store.complete([Completion(j, done) for j in jobs])
+    assert await store.counts(T0 + 3) == {}
 
 
 async def test_one_named_writer_thread(store: SqliteStore) -> None:

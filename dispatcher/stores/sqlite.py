@@ -369,9 +369,11 @@ def _many(db: sqlite3.Connection, sql: tuple[str, str], rows: Sequence[tuple[Any
     if not rows:
         return 0
     width = len(rows[0])
+    # SQLite before 3.32 binds at most 999 parameters per statement
+    per = min(_ROWS_PER_INSERT, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width)
     done = 0
-    for start in range(0, len(rows), _ROWS_PER_INSERT):
-        part = rows[start : start + _ROWS_PER_INSERT]
+    for start in range(0, len(rows), per):
+        part = rows[start : start + per]
         done += db.execute(
             _values(sql, width, len(part)), [v for row in part for v in row]
         ).rowcount
