@@ -337,3 +337,88 @@ def test_committed_messages_survive_sigkill(db_path: Path) -> None:
             await s.close()
 
     assert asyncio.run(reopen()) == (0, 100)
+
+
+# --- claims and other writes in one write group (the claim books change at once) ---------
+
+
+async def _same_group(store: SqliteStore, *calls: Any) -> list[Any]:
+    """Run `calls` (store coroutines) as ONE write group: hold the writer, queue them in
+    order, let go."""
+    started, go = threading.Event(), threading.Event()
+
+    def hold(_db: sqlite3.Connection) -> None:
+        started.set()
+        go.wait(5)
+
+    held = asyncio.ensure_future(on_writer(store, hold))
+    while not started.is_set():
+        await asyncio.sleep(0.001)
+    tasks = []
+    for call in calls:
+        tasks.append(asyncio.ensure_future(call))
+        await asyncio.sleep(0)  # queued in this order
+    go.set()
+    await held
+    return list(await asyncio.gather(*tasks))
+
+
+def _ids(jobs: Any) -> list[str]:
+    return [j.message.id for j in jobs]
+
+
+async def _four(store: SqliteStore) -> None:
+    await store.enqueue([new(f"a{i}", created=T0 + i) for i in range(4)])
+
+
+async def test_a_release_and_a_claim_in_one_group(store: SqliteStore) -> None:
+    await _four(store)
+    first = (await store.claim("p", 2, T0 + 100)).jobs
+    _, again = await _same_group(store, store.release(first), store.claim("p", 10, T0 + 100))
+    assert _ids(again.jobs) == ["a0", "a1", "a2", "a3"]
+
+
+async def test_two_claims_in_one_group_share_nothing(store: SqliteStore) -> None:
+    await _four(store)
+    one, two = await _same_group(
+        store, store.claim("p", 2, T0 + 100), store.claim("p", 2, T0 + 100)
+    )
+    assert (_ids(one.jobs), _ids(two.jobs)) == (["a0", "a1"], ["a2", "a3"])
+
+
+async def test_a_due_retry_and_a_claim_in_one_group(store: SqliteStore) -> None:
+    await _four(store)
+    (job,) = (await store.claim("p", 1, T0 + 100)).jobs
+    failed = Completion(job, Attempt(1, T0 + 5, 0.1, Outcome.FAILURE, "x"), retry_at=T0 + 6)
+    _, again = await _same_group(store, store.complete([failed]), store.claim("p", 10, T0 + 100))
+    assert _ids(again.jobs) == ["a1", "a2", "a3", "a0"]  # a0 is due again at T0 + 6
+
+
+async def test_an_urgent_enqueue_and_a_claim_in_one_group(store: SqliteStore) -> None:
+    await _four(store)
+    await store.claim("p", 2, T0 + 100)
+    urgent = NewMessage(
+        Message(id="urgent", tag="t", payload=b"{}", created_at=T0 + 10, priority=5), ("p",)
+    )
+    _, claim = await _same_group(store, store.enqueue([urgent]), store.claim("p", 1, T0 + 100))
+    assert _ids(claim.jobs) == ["urgent"]
+
+
+async def test_a_job_released_twice_counts_once(store: SqliteStore) -> None:
+    await _four(store)
+    (job,) = (await store.claim("p", 1, T0 + 100)).jobs
+    await store.release([job, job])
+    counts = (await store.counts(T0 + 100))["p"]
+    assert (counts.ready, counts.claimed) == (4, 0)
+
+
+async def test_a_claim_rolled_back_with_its_group_leaves_the_books_as_they_were(
+    store: SqliteStore,
+) -> None:
+    await _four(store)
+    # A request that commits inside the group makes the group's own COMMIT fail.
+    with contextlib.suppress(StoreError):
+        await _same_group(
+            store, store.claim("p", 2, T0 + 100), on_writer(store, lambda db: db.execute("COMMIT"))
+        )
+    assert _ids((await store.claim("p", 10, T0 + 100)).jobs) == ["a0", "a1", "a2", "a3"]

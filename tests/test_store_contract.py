@@ -388,6 +388,15 @@ async def test_claims_walk_jobs_of_one_instant_in_order(store: Store) -> None:
     ]
 
 
+async def test_a_claim_made_before_a_job_is_due_does_not_pass_it_by(store: Store) -> None:
+    # A ready job can be due after a claim's `now` (a producer clock ahead of ours); a
+    # claim that moves on to lower priorities meanwhile must still find it later.
+    await store.enqueue([new(msg("low", created=T0, priority=-1))])
+    await store.enqueue([new(msg("ahead", created=T0 + 10))])
+    assert ids((await store.claim("p", 10, T0 + 5)).jobs) == ["low"]
+    assert ids((await store.claim("p", 10, T0 + 20)).jobs) == ["ahead"]
+
+
 async def test_a_released_job_cannot_be_completed(store: Store) -> None:
     await store.enqueue([new("m")])
     (job,) = (await store.claim("p", 1, LATER)).jobs

@@ -46,7 +46,10 @@ due 4s to 0 (one range on jobs_scheduled), then reads jobs_ready on from where t
 stopped, so scheduled jobs never sit in the way of a claim however many there are.
 
 Claims are not written: a claimed job stays 0 and the writer keeps the claimed jids in
-memory (`_Claims`, which the reader consults to show a job in flight). Writing them cost a
+memory (`_Claims`, which the reader consults to show a job in flight). Those books change
+as each request runs, so a later request of the same group sees them, and every change
+keeps its inverse in the request's undo log for when the request or its group is rolled
+back. Writing them cost a
 row and an index update per message, only for a crash to make them ready again anyway.
 
 Threading model:
@@ -128,15 +131,26 @@ _AUTOCHECKPOINT_BACKSTOP: Final = 16384  # pages (64 MiB of WAL at 4 KiB pages)
 
 
 class _Delta(dict[str, list[int]]):
-    """What one request changes in the writer's memory: pool -> [queued, claimed, dead]
-    counter changes, and `after`, changes to the claim books. Both are applied in request
-    order once the transaction commits; a request rolled back changes nothing."""
+    """What one request changes in the writer's memory. pool -> [queued, claimed, dead]
+    counter changes, applied once the transaction commits; and `undo`, the inverses of the
+    changes it made to the claim books, which take effect at once (a later request of the
+    same group must see them) and are run backwards if the request is rolled back."""
 
-    __slots__ = ("after",)
+    __slots__ = ("undo",)
 
     def __init__(self) -> None:
         super().__init__()
-        self.after: list[Callable[[], None]] = []
+        self.undo: list[Callable[[], None]] = []
+
+
+_Cursor = tuple[int, float, int]  # (priority, available_at, jid): a place in jobs_ready
+
+
+def _undo(deltas: Sequence[_Delta]) -> None:
+    """Take back the claim-book changes of rolled-back requests, latest first."""
+    for delta in reversed(deltas):
+        for undo in reversed(delta.undo):
+            undo()
 
 
 class _Claims:
@@ -144,38 +158,69 @@ class _Claims:
 
     A claimed job stays `state = 0` in its row: marking it would rewrite the row and its
     jobs_ready entry on every claim, and a crash turns every claim back into a ready job
-    anyway. `held` holds the claimed jids; `cursor` is the jobs_ready key (priority,
-    available_at, jid) of the last job looked at, so the next claim reads on from there
-    instead of past every held job again. Anything written into the ready set ahead of the
-    cursor (a release, a promotion, a replay, an enqueue that sorts first) clears it, and the
-    next claim starts again from the head of the index."""
+    anyway. `held` holds the claimed jids; `cursor` is the jobs_ready key of the last job
+    looked at, so the next claim reads on from there instead of past every held job again.
+    Anything written into the ready set ahead of the cursor (a release, a promotion, a
+    replay, an enqueue that sorts first) clears it, and the next claim starts again from the
+    head of the index. `future_at` is the latest time a ready job was written with: a claim
+    made with an earlier `now` may not see it, so it must not leave a cursor past it.
 
-    __slots__ = ("cursor", "held")
+    Every change happens at once, under the store's lock (the reader looks at `held`), and
+    answers its inverse for the request's undo log."""
 
-    def __init__(self) -> None:
+    __slots__ = ("cursor", "future_at", "held", "lock")
+
+    def __init__(self, lock: threading.Lock) -> None:
         self.held: set[int] = set()
-        self.cursor: tuple[int, float, int] | None = None
+        self.cursor: _Cursor | None = None
+        self.future_at = 0.0
+        self.lock = lock
 
-    def claimed(self, jids: list[int], cursor: tuple[int, float, int] | None) -> None:
-        self.held.update(jids)
-        self.cursor = cursor
+    def _set(
+        self, add: Sequence[int], remove: Sequence[int], cursor: _Cursor | None
+    ) -> Callable[[], None]:
+        with self.lock:
+            before = self.cursor
+            added = [jid for jid in add if jid not in self.held]
+            removed = [jid for jid in set(remove) if jid in self.held]
+            self.held.update(added)
+            self.held.difference_update(removed)
+            self.cursor = cursor
 
-    def finished(self, jids: list[int]) -> None:
-        self.held.difference_update(jids)
+        def undo() -> None:
+            with self.lock:
+                self.held.difference_update(added)
+                self.held.update(removed)
+                self.cursor = before
 
-    def released(self, jids: list[int]) -> None:
-        self.held.difference_update(jids)
-        self.cursor = None
+        return undo
 
-    def rewind(self) -> None:
-        self.cursor = None
+    def claimed(self, jids: Sequence[int], cursor: _Cursor | None) -> Callable[[], None]:
+        return self._set(jids, (), cursor)
 
-    def arrived(self, priority: int, available_at: float) -> None:
-        """Ready jobs were written, the first of them sorting at (priority, available_at)
-        or later (their jids are new, so higher than any the cursor has seen)."""
+    def finished(self, jids: Sequence[int]) -> Callable[[], None]:
+        return self._set((), jids, self.cursor)
+
+    def released(self, jids: Sequence[int]) -> Callable[[], None]:
+        return self._set((), jids, None)
+
+    def rewind(self) -> Callable[[], None]:
+        return self._set((), (), None)
+
+    def arrived(self, priority: int, earliest: float, latest: float) -> Callable[[], None]:
+        """Ready jobs were written: the first sorts at (priority, earliest) or later (their
+        jids are new, higher than any the cursor has seen), the last is due at `latest`."""
+        before = self.future_at
+        self.future_at = max(before, latest)
         c = self.cursor
-        if c is not None and (priority > c[0] or (priority == c[0] and available_at < c[1])):
-            self.cursor = None
+        ahead = c is not None and (priority > c[0] or (priority == c[0] and earliest < c[1]))
+        undo_cursor = self._set((), (), None if ahead else c)
+
+        def undo() -> None:
+            undo_cursor()
+            self.future_at = before
+
+        return undo
 
 
 # --- schema ------------------------------------------------------------------------------
@@ -352,7 +397,7 @@ def _name_os_thread(name: str) -> None:
         pass
 
 
-@functools.cache
+@functools.lru_cache(maxsize=128)
 def _values(sql: tuple[str, str], width: int, n: int) -> str:
     row = f"({', '.join('?' * width)})"
     return f"{sql[0]} {', '.join([row] * n)}{sql[1]}"
@@ -364,8 +409,7 @@ def _many(db: sqlite3.Connection, sql: tuple[str, str], rows: Sequence[tuple[Any
     executemany: that steps once per row, and each step gives the GIL up and must win it
     back from the event loop; behind a busy loop that waiting, not SQLite, was most of the
     writer's time. Here each statement binds up to _ROWS_PER_INSERT rows, then runs them
-    in C in one step. Statements hold 256 rows or a power of two fewer, so only a handful
-    are ever prepared (and they stay cached). Returns the rows changed."""
+    in C in one step. Returns the rows changed."""
     if not rows:
         return 0
     width = len(rows[0])
@@ -717,6 +761,7 @@ class SqliteStore(Store):
             except Exception as exc:
                 err = _store_error(exc)
                 failed.append((req.future, None, err))
+                _undo([delta])
                 if db.in_transaction:
                     try:
                         db.execute("ROLLBACK TO request")
@@ -730,6 +775,7 @@ class SqliteStore(Store):
                 # SQLite rolled the whole transaction back (disk full, I/O error): the
                 # requests applied before this one are lost with it.
                 failed.extend((r.future, None, err) for r, _, _ in done)
+                _undo([d for _, _, d in done])
                 done.clear()
                 try:
                     db.execute("BEGIN IMMEDIATE")
@@ -747,6 +793,7 @@ class SqliteStore(Store):
                 db.execute("ROLLBACK")
             err = _store_error(exc)
             failed.extend((r.future, None, err) for r, _, _ in done)
+            _undo([d for _, _, d in done])
             self._settle_all(failed)
             return
         self.commits += 1
@@ -760,8 +807,6 @@ class SqliteStore(Store):
                     c[0] += dq
                     c[1] += dc
                     c[2] += dd
-                for change in delta.after:
-                    change()
         failed.extend((r.future, result, None) for r, result, _ in done)
         self._settle_all(failed)
 
@@ -822,9 +867,11 @@ class SqliteStore(Store):
     def _w_arrived(self, d: _Delta, rows: _NewRows) -> None:
         for pool, n in rows.counts.items():
             d[pool] = [n, 0, 0]
-            books = self._claims.get(pool)
-            if books is not None and rows.first_ready is not None:
-                d.after.append(functools.partial(books.arrived, *rows.first_ready))
+            if rows.first_ready is not None:
+                books = self._claims.get(pool)
+                if books is None:
+                    books = self._claims[pool] = _Claims(self._lock)
+                d.undo.append(books.arrived(*rows.first_ready))
 
     def _w_known_ids(self, rows: _NewRows) -> set[str]:
         """Ids remembered within their dedup window; IdConflict if one comes back (or
@@ -850,7 +897,7 @@ class SqliteStore(Store):
         db = self._w
         books = self._claims.get(pool)
         if books is None:
-            books = self._claims[pool] = _Claims()
+            books = self._claims[pool] = _Claims(self._lock)
         held = books.held
         cursor = None if db.execute(_PROMOTE, (pool, now)).rowcount else books.cursor
         rows: list[tuple[Any, ...]] = []
@@ -879,7 +926,9 @@ class SqliteStore(Store):
                 break
         if rows:
             d[pool] = [-len(rows), len(rows), 0]
-        d.after.append(functools.partial(books.claimed, [r[0] for r in rows], cursor))
+        if now < books.future_at:
+            cursor = None  # a ready job due after `now` may sit behind it, unseen
+        d.undo.append(books.claimed([r[0] for r in rows], cursor))
         next_at = db.execute(_NEXT_AT, (pool,)).fetchone()[0]
         return rows, next_at
 
@@ -895,7 +944,7 @@ class SqliteStore(Store):
                 continue
             n = _many(db, _OUTCOME_SQL[fate], mine)
             assert books is not None
-            d.after.append(functools.partial(books.finished, [row[-1] for row in mine]))
+            d.undo.append(books.finished([row[-1] for row in mine]))
             delta = d.setdefault(pool, [0, 0, 0])
             delta[1] -= n
             if fate == _SCHEDULED:
@@ -911,9 +960,9 @@ class SqliteStore(Store):
             books = self._claims.get(pool)
             if books is None:
                 continue
-            mine = [jid for jid in jids if jid in books.held]
+            mine = {jid for jid in jids if jid in books.held}
             d[pool] = [len(mine), -len(mine), 0]
-            d.after.append(functools.partial(books.released, mine))
+            d.undo.append(books.released(list(mine)))
 
     def _w_replay(
         self, d: _Delta, jids: Sequence[int], now: float, first: int, interval: float
@@ -925,7 +974,7 @@ class SqliteStore(Store):
             d[pool] = [n, 0, -n]
             books = self._claims.get(pool)
             if books is not None:
-                d.after.append(books.rewind)
+                d.undo.append(books.rewind())
         return out
 
     def _w_purge(self, d: _Delta, jids: Sequence[int]) -> dict[str, int]:
@@ -1259,6 +1308,8 @@ class _NewRows:
     `last_mid` + 1 in batch order; `keyed` holds (index, id, digest, until) of producer ids."""
 
     __slots__ = ("counts", "first_ready", "jobs", "keyed", "messages", "now")
+    #: (highest priority, earliest, latest time) of the new ready jobs, for the claim books
+    first_ready: tuple[int, float, float] | None
 
     def __init__(self, batch: Sequence[NewMessage], last_mid: int) -> None:
         self.messages: list[tuple[Any, ...]] = []
@@ -1271,7 +1322,7 @@ class _NewRows:
         # The highest priority and earliest time among the new ready jobs, for the claim
         # cursors (taken apart, the pair may belong to two messages: that errs on the safe side).
         priority: float = -math.inf
-        earliest = math.inf
+        earliest, latest = math.inf, -math.inf
         mid = last_mid
         for index, new in enumerate(batch):
             m = new.message
@@ -1299,6 +1350,8 @@ class _NewRows:
                     priority = m.priority
                 if available_at < earliest:
                     earliest = available_at
+                if available_at > latest:
+                    latest = available_at
             pools = new.pools
             if len(pools) == 1:
                 add_job(
@@ -1331,7 +1384,7 @@ class _NewRows:
             for pool in pools:
                 self.counts[pool] = self.counts.get(pool, 0) + n
         #: where the first of the new ready jobs sorts, for the claim cursors
-        self.first_ready = None if earliest == math.inf else (int(priority), earliest)
+        self.first_ready = None if earliest == math.inf else (int(priority), earliest, latest)
 
     def keep(self, mids: set[int]) -> _NewRows:
         """These rows without the messages not in `mids` (duplicates)."""
