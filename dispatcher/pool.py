@@ -258,6 +258,9 @@ class Pool:
                 continue
             self._pace_window()
             want = self.window_size - len(self._window)
+            if want <= 0:  # the pace shrank the window below what it holds: let it drain
+                await self._sleep_until_fed(now)
+                continue
             generation = self._generation
             try:
                 claim = await self._store.claim(self.name, want, now)

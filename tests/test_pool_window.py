@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from typing import Any
 
 from dispatcher.acker import Acker
 from dispatcher.config import LogSinkConfig, PoolConfig
@@ -42,3 +44,30 @@ async def test_the_floor_follows_concurrency() -> None:
         assert pool.window_size == 1024
     finally:
         await pool.abort()
+
+
+async def test_a_window_paced_below_what_it_holds_claims_nothing() -> None:
+    pool = _pool(concurrency=8)
+    store = pool._store
+    await store.open()
+    claims: list[int] = []
+    real_claim = store.claim
+
+    async def counting_claim(name: str, limit: int, now: float) -> Any:
+        claims.append(limit)
+        return await real_claim(name, limit, now)
+
+    store.claim = counting_claim  # type: ignore[method-assign,assignment]
+    pool._window.extend([None] * 100)  # type: ignore[list-item]  # more than the floor of 64
+    pool._low_water = 200  # as a fast phase left it
+    pool._started, pool._paced_at = 0, time.monotonic() - 10.0  # and now slow: floor again
+    pool._feeder = asyncio.create_task(pool._feed_loop())
+    try:
+        await asyncio.sleep(0.05)
+        assert claims == []  # no claim with a negative or zero limit
+        assert pool.window_size == 64
+    finally:
+        pool._stopping = True
+        pool._feed.set()
+        await asyncio.wait_for(pool._feeder, 5)
+        await store.close()

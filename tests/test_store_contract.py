@@ -374,6 +374,13 @@ async def test_claim_order_holds_across_claims_and_late_arrivals(store: Store) -
     assert ids((await store.claim("p", 5, LATER)).jobs) == []
 
 
+async def test_a_message_without_a_pool_is_refused_whole(store: Store) -> None:
+    with pytest.raises(ValueError, match="no pool"):
+        await store.enqueue([new("fine"), NewMessage(msg("nowhere"), ())])
+    assert await store.get_message("fine") is None
+    assert await store.get_message("nowhere") is None
+
+
 async def test_claims_walk_jobs_of_one_instant_in_order(store: Store) -> None:
     # A batch shares one created_at: the claim cursor must move on within it by job.
     await store.enqueue([new(msg(f"m{i}", created=T0)) for i in range(10)])

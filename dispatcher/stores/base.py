@@ -43,6 +43,13 @@ class Claim:
         self.next_at = next_at
 
 
+def require_pools(batch: Sequence[NewMessage]) -> None:
+    """The enqueue precondition every backend checks: each message goes somewhere."""
+    for new in batch:
+        if not new.pools:
+            raise ValueError(f"message {new.message.id!r} has no pool to go to")
+
+
 class Store(abc.ABC):
     #: the `store` label of dispatcher_build_info ("sqlite", "memory", "redis")
     kind: str = "abstract"
@@ -64,7 +71,8 @@ class Store(abc.ABC):
     # --- the hot path --------------------------------------------------------------------
     @abc.abstractmethod
     async def enqueue(self, batch: Sequence[NewMessage]) -> list[bool]:
-        """Commit messages durably, one job per pool each. Answers, in order, True for a
+        """Commit messages durably, one job per pool each (every message has at least one
+        pool; ValueError otherwise, and nothing is stored). Answers, in order, True for a
         message stored now and False for one whose id the store already holds (a duplicate:
         nothing is written for it). Duplicates within `batch` itself: the first wins.
 

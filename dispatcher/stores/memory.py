@@ -46,7 +46,7 @@ from ..message import (
     PoolCounts,
     State,
 )
-from .base import Claim, Store
+from .base import Claim, Store, require_pools
 
 # Internal states: State values plus SCHEDULED, which is State.QUEUED outside the store.
 _READY = int(State.QUEUED)
@@ -166,6 +166,7 @@ class MemoryStore(Store):
     # --- the hot path --------------------------------------------------------------------
     async def enqueue(self, batch: Sequence[NewMessage]) -> list[bool]:
         self._check()
+        require_pools(batch)
         known = self._known_ids(batch)
         messages, all_jobs, ready = self._messages, self._jobs, self._ready
         out: list[bool] = []

@@ -114,7 +114,7 @@ from ..message import (
     PoolCounts,
     State,
 )
-from .base import Claim, Store
+from .base import Claim, Store, require_pools
 
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
@@ -1215,6 +1215,7 @@ class SqliteStore(Store):
         self._check()
         if not batch:
             return []
+        require_pools(batch)
         # Rows are built here, on the event loop, and numbered here too: the writer thread
         # (the bottleneck under load) only executes them. Mids follow the order of calls,
         # which is the order of the writer's queue; a duplicate leaves a gap, which is fine.
