@@ -168,7 +168,7 @@ class MemoryStore(Store):
         self._check()
         require_pools(batch)
         known = self._known_ids(batch)
-        messages, all_jobs, ready = self._messages, self._jobs, self._ready
+        messages, all_jobs = self._messages, self._jobs
         out: list[bool] = []
         for new in batch:
             m = new.message
@@ -192,10 +192,7 @@ class MemoryStore(Store):
                 if scheduled:
                     self._push_scheduled(job)
                 else:
-                    queue = ready.get(pool)
-                    if queue is None:
-                        queue = ready[pool] = _ReadyQueue()
-                    queue.push((-m.priority, available_at, key))
+                    self._push_ready(job)
         return out
 
     def _known_ids(self, batch: Sequence[NewMessage]) -> set[str]:

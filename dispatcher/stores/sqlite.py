@@ -306,7 +306,7 @@ _INSERT_JOB = (
     "INSERT INTO jobs (jid, mid, pool, state, priority, available_at, created_at) VALUES",
     "",
 )
-_ROWS_PER_INSERT: Final = 1024
+_ROWS_PER_STATEMENT: Final = 1024
 _PROMOTE = "UPDATE jobs SET state = 0 WHERE state = 4 AND pool = ? AND available_at <= ?"
 _CLAIM_COLUMNS = """j.jid, j.attempts, j.available_at, j.priority,
     m.id, m.tag, m.payload, m.created_at, m.priority, m.available_at, m.headers, m.trace
@@ -408,13 +408,13 @@ def _many(db: sqlite3.Connection, sql: tuple[str, str], rows: Sequence[tuple[Any
     VALUES list, tail: an INSERT ... VALUES, or an UPDATE ... FROM (VALUES ...) AS v. Not
     executemany: that steps once per row, and each step gives the GIL up and must win it
     back from the event loop; behind a busy loop that waiting, not SQLite, was most of the
-    writer's time. Here each statement binds up to _ROWS_PER_INSERT rows, then runs them
+    writer's time. Here each statement binds up to _ROWS_PER_STATEMENT rows, then runs them
     in C in one step. Returns the rows changed."""
     if not rows:
         return 0
     width = len(rows[0])
     # SQLite before 3.32 binds at most 999 parameters per statement
-    per = min(_ROWS_PER_INSERT, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width)
+    per = min(_ROWS_PER_STATEMENT, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width)
     done = 0
     for start in range(0, len(rows), per):
         part = rows[start : start + per]
@@ -868,10 +868,13 @@ class SqliteStore(Store):
         for pool, n in rows.counts.items():
             d[pool] = [n, 0, 0]
             if rows.first_ready is not None:
-                books = self._claims.get(pool)
-                if books is None:
-                    books = self._claims[pool] = _Claims(self._lock)
-                d.undo.append(books.arrived(*rows.first_ready))
+                d.undo.append(self._books(pool).arrived(*rows.first_ready))
+
+    def _books(self, pool: str) -> _Claims:
+        books = self._claims.get(pool)
+        if books is None:
+            books = self._claims[pool] = _Claims(self._lock)
+        return books
 
     def _w_known_ids(self, rows: _NewRows) -> set[str]:
         """Ids remembered within their dedup window; IdConflict if one comes back (or
@@ -895,9 +898,7 @@ class SqliteStore(Store):
         """Rows of up to `limit` claimable jobs (the Jobs are built by `claim`, off this
         thread), and the next scheduled job's time."""
         db = self._w
-        books = self._claims.get(pool)
-        if books is None:
-            books = self._claims[pool] = _Claims(self._lock)
+        books = self._books(pool)
         held = books.held
         cursor = None if db.execute(_PROMOTE, (pool, now)).rowcount else books.cursor
         rows: list[tuple[Any, ...]] = []
@@ -938,12 +939,10 @@ class SqliteStore(Store):
         db = self._w
         for (fate, pool), rows in groups.items():
             books = self._claims.get(pool)
-            held = books.held if books is not None else set()
-            mine = [row for row in rows if row[-1] in held]
-            if not mine:
+            mine = [] if books is None else [row for row in rows if row[-1] in books.held]
+            if books is None or not mine:
                 continue
             n = _many(db, _OUTCOME_SQL[fate], mine)
-            assert books is not None
             d.undo.append(books.finished([row[-1] for row in mine]))
             delta = d.setdefault(pool, [0, 0, 0])
             delta[1] -= n
