@@ -8,7 +8,6 @@ These are msgspec Structs: cheap to allocate on the hot path and encodable witho
 from __future__ import annotations
 
 import enum
-import itertools
 import os
 import time
 
@@ -151,20 +150,32 @@ class AuditEntry(msgspec.Struct, frozen=True):
 class IdGenerator:
     """Message ids that sort by creation time: 12 hex digits of milliseconds, 8 of
     process-random, 6 of a counter. Unique across processes and restarts without a round trip,
-    and about a tenth of the cost of uuid4()."""
+    and about a tenth of the cost of uuid4(). Used from one event loop only."""
 
     __slots__ = ("_counter", "_node")
 
     def __init__(self) -> None:
         self._node = os.urandom(4).hex()
-        self._counter = itertools.count(int.from_bytes(os.urandom(2), "big"))
+        self._counter = int.from_bytes(os.urandom(2), "big")
 
     def __call__(self) -> str:
-        ms = time.time_ns() // 1_000_000
-        return f"{ms:012x}{self._node}{next(self._counter) & 0xFFFFFF:06x}"
+        return self.many(1)[0]
 
     def many(self, n: int) -> list[str]:
-        """`n` ids sharing one clock reading: a batch costs one time call, not n."""
+        """`n` ids sharing one clock reading: a batch costs one time call, not n, and the
+        counter's digits come from a table a slice at a time (no formatting per id)."""
         prefix = f"{time.time_ns() // 1_000_000:012x}{self._node}"
-        counter = self._counter
-        return [f"{prefix}{next(counter) & 0xFFFFFF:06x}" for _ in range(n)]
+        counter = self._counter & 0xFFFFFF
+        self._counter = counter + n
+        ids: list[str] = []
+        while n > 0:
+            high, low = divmod(counter, 4096)
+            take = min(n, 4096 - low)
+            ids += map((prefix + _HEX3[high]).__add__, _HEX3[low : low + take])
+            counter = (counter + take) & 0xFFFFFF
+            n -= take
+        return ids
+
+
+#: the 4096 three-digit hex numbers, in order
+_HEX3: list[str] = [f"{i:03x}" for i in range(4096)]
