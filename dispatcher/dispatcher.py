@@ -63,7 +63,7 @@ class Publish(msgspec.Struct, frozen=True, gc=False):
     trace: str | None = None
 
 
-class Accepted(msgspec.Struct, frozen=True):
+class Accepted(msgspec.Struct, frozen=True, gc=False):
     id: str
     tag: str
     pools: tuple[str, ...]

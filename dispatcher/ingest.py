@@ -34,7 +34,9 @@ TRACEPARENT = re.compile(r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a
 BAD_HEADER_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-class MessageIn(msgspec.Struct, forbid_unknown_fields=True):
+class MessageIn(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    # gc=False: a thousand of these per batch would each count towards a GC pass, and
+    # their fields (strings, bytes, a dict of strings) can never form a cycle.
     tag: str
     payload: msgspec.Raw
     id: str | None = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -30,6 +31,7 @@ async def serve(settings: Settings, *, demo_traffic: float = 0.0) -> int:
     app = create_app(settings, dispatcher=dispatcher, authenticator=authenticator)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
     await runner.setup()  # starts the dispatcher (cleanup context)
+    tune_gc()
     site = web.TCPSite(runner, settings.server.host, settings.server.port, backlog=1024)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -58,6 +60,23 @@ async def serve(settings: Settings, *, demo_traffic: float = 0.0) -> int:
             loop.remove_signal_handler(sig)
     log.info("stopped cleanly")
     return 0
+
+
+#: Collect the young generation after this many net container allocations, not 700. A
+#: 1000-message batch keeps thousands of rows and structs alive until its commit, so the
+#: default ran several collections per batch, each scanning objects about to be freed anyway;
+#: 10,000 is above what a busy server holds in flight, so such passes become rare.
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """Once the server has started: freeze what start-up built (modules, config, the app,
+    metric children), so that full collections skip it, and collect the young generation
+    less often. Batch ingest measured 0.37 s of collections per 4 s of load before, ~0 after;
+    garbage cycles are still collected, only later."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def _banner(settings: Settings, runner: web.AppRunner, auth: Authenticator) -> None:

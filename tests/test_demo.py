@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import re
 import signal
 import sys
+import weakref
 from pathlib import Path
 
 import aiohttp
 import pytest
+
+from dispatcher.server import GC_YOUNG_THRESHOLD, tune_gc
 
 
 @pytest.mark.allow_blocking
@@ -62,3 +66,22 @@ async def test_serve_without_config_runs_the_demo(tmp_path: Path) -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_tune_gc_freezes_start_up_objects_and_raises_the_young_threshold() -> None:
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
+        ref = weakref.ref(_Cycle())  # garbage cycles made after start-up are still collected
+        gc.collect()
+        assert ref() is None
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
