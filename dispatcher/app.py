@@ -12,7 +12,7 @@ from aiohttp import web
 # The app is the edge that composes API and console; nothing below it imports the console.
 import console
 
-from . import api, observability
+from . import api, malformed, observability
 from .auth import Authenticator
 from .config import Settings
 from .dispatcher import Dispatcher
@@ -101,6 +101,7 @@ def create_app(
     dispatcher: Dispatcher | None = None,
     authenticator: Authenticator | None = None,
 ) -> web.Application:
+    malformed.install()  # what the HTTP parser refuses is problem+json too
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
         middlewares=[edge_middleware],

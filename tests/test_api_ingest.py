@@ -5,6 +5,8 @@ which must answer a 4xx problem+json and change nothing."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -263,15 +265,47 @@ async def test_413_by_content_length_does_not_read_the_body(client: Client) -> N
     writer.close()
 
 
-async def test_control_characters_in_headers_are_refused(client: Client) -> None:
-    for value in (b"a\rb", b"a\nb", b"a\x00b"):
-        reader, writer = await asyncio.open_connection(client.host, client.port)
-        writer.write(
-            b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer app-token\r\n"
-            b"Idempotency-Key: " + value + b"\r\nContent-Length: 2\r\n\r\n{}"
-        )
+async def _raw(client: Client, request: bytes) -> tuple[bytes, bytes]:
+    """Send `request` as bytes (no client library lets these through); (head, body)."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(request)
         await writer.drain()
         async with asyncio.timeout(5):
-            status = await reader.readline()
-        assert status.split()[1] == b"400"
+            answer = await reader.read()  # the server closes the connection after it
+    finally:
         writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head, body
+
+
+async def test_control_characters_in_headers_are_refused_as_problems(client: Client) -> None:
+    before = await backlog(client)
+    message = b'{"tag": "user.a", "payload": 1}'
+    for value in (b"a\rb", b"a\nb", b"a\x00b"):
+        head, body = await _raw(
+            client,
+            b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer app-token\r\n"
+            b"Content-Type: application/json\r\nIdempotency-Key: " + value + b"\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(message), message),
+        )
+        assert head.split()[1] == b"400"
+        assert b"Content-Type: application/problem+json" in head
+        assert json.loads(body)["status"] == 400
+    assert await backlog(client) == before
+
+
+async def test_a_malformed_request_is_not_echoed_back_or_logged(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    for request in (
+        b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer app-token\x00\r\n\r\n",
+        b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: app-token\r\n\r\n",
+        b"app-token / HTTP/1.1\r\n\r\n",
+    ):
+        head, body = await _raw(client, request)
+        assert head.split()[1] == b"400"
+        assert json.loads(body)["title"] == "Bad Request"
+        assert b"app-token" not in head + body
+    assert "app-token" not in caplog.text
