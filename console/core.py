@@ -21,7 +21,7 @@ from multidict import MultiDictProxy
 
 from dispatcher.auth import requires
 from dispatcher.dispatcher import Dispatcher
-from dispatcher.errors import NotFound, Rejected
+from dispatcher.errors import NotFound, Rejected, StoreError
 from dispatcher.state import DISPATCHER
 
 from .sampler import Sampler
@@ -104,6 +104,9 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         response = error_page(request, 404, str(exc))
     except Rejected as exc:
         response = error_page(request, exc.status, exc.detail)
+    except StoreError as exc:  # a DLQ action that failed part-way says how far it got
+        response = error_page(request, 503, f"The store failed; try again shortly. ({exc})")
+        response.headers["Retry-After"] = "5"
     response.headers.update(SECURITY_HEADERS)
     response.headers.setdefault("Cache-Control", "no-store")
     return response

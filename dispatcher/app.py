@@ -16,7 +16,7 @@ from . import api, malformed, observability
 from .auth import Authenticator
 from .config import Settings
 from .dispatcher import Dispatcher
-from .errors import NotFound, Rejected
+from .errors import NotFound, Rejected, StoreError
 from .problem import problem
 from .state import AUTH, DISPATCHER, PRINCIPAL
 
@@ -61,6 +61,11 @@ def _problem_for(exc: Exception) -> web.Response:
         return problem(exc.status, exc.detail, pointer=exc.pointer, retry_after=exc.retry_after)
     if isinstance(exc, NotFound):
         return problem(404, str(exc))
+    if isinstance(exc, StoreError):
+        # The store failed an operator's read or bulk action; ingest maps this to
+        # Unavailable itself. Either way: try again later, not "the server is broken".
+        log.warning("store error in %s: %s", exc.__class__.__name__, exc)
+        return problem(503, f"the store is unavailable: {exc}", retry_after=5.0)
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return problem(413, "the body is larger than server.max_body_bytes")
     if isinstance(exc, web.HTTPException):

@@ -22,7 +22,15 @@ from opentelemetry.trace import TracerProvider
 
 from .acker import Acker
 from .config import PoolConfig, Settings
-from .errors import BacklogFull, IdConflict, NotFound, StoreError, Unavailable, Unroutable
+from .errors import (
+    BacklogFull,
+    IdConflict,
+    NotFound,
+    PartlyDone,
+    StoreError,
+    Unavailable,
+    Unroutable,
+)
 from .logs import LogContextMiddleware
 from .message import (
     AuditEntry,
@@ -448,7 +456,21 @@ class Dispatcher:
         if dry_run:
             return await self.store.dlq_count(selector)
         interval = 1.0 / rate if rate else 0.0
-        replayed = await self.store.dlq_replay(selector, self._clock(), interval)
+        target = _describe(selector)
+        try:
+            replayed = await self.store.dlq_replay(selector, self._clock(), interval)
+        except PartlyDone as exc:
+            # The chunks committed before the failure are back in their pools: reserve
+            # their backlog (each completion will release it), count and audit them.
+            self._requeued(exc.done, interval)
+            await self._audit_partly(actor, "dlq.replay", target, {"rate": rate}, exc)
+            raise
+        self._requeued(replayed, interval)
+        total = sum(replayed.values())
+        await self._audit(actor, "dlq.replay", target, {"rate": rate}, total)
+        return total
+
+    def _requeued(self, replayed: Mapping[str, int], interval: float) -> None:
         self.metrics.dlq_replayed(replayed)
         for pool, n in replayed.items():
             if pool in self._outstanding:
@@ -456,14 +478,16 @@ class Dispatcher:
                 self.pools[pool].notify()
                 if interval:
                     self.pools[pool].notify(self._clock() + interval)
-        total = sum(replayed.values())
-        await self._audit(actor, "dlq.replay", _describe(selector), {"rate": rate}, total)
-        return total
 
     async def dlq_purge(self, selector: DlqFilter, *, actor: str, dry_run: bool = False) -> int:
         if dry_run:
             return await self.store.dlq_count(selector)
-        purged = await self.store.dlq_purge(selector)
+        try:
+            purged = await self.store.dlq_purge(selector)
+        except PartlyDone as exc:
+            self.metrics.dlq_purged(exc.done)
+            await self._audit_partly(actor, "dlq.purge", _describe(selector), {}, exc)
+            raise
         self.metrics.dlq_purged(purged)
         total = sum(purged.values())
         await self._audit(actor, "dlq.purge", _describe(selector), {}, total)
@@ -517,6 +541,18 @@ class Dispatcher:
         entry = AuditEntry(self._clock(), actor, action, target, detail, count)
         await self.store.audit(entry)
         log.info("audit: %s %s %s %s", actor, action, target, detail)
+
+    async def _audit_partly(
+        self, actor: str, action: str, target: str, detail: dict[str, Any], exc: PartlyDone
+    ) -> None:
+        """Audit the part of a bulk action that was done before it failed, if the store
+        still takes the entry (the failure it just had may well refuse it too)."""
+        try:
+            await self._audit(
+                actor, action, target, {**detail, "error": str(exc)}, sum(exc.done.values())
+            )
+        except StoreError:
+            log.warning("audit: %s %s %s: %s (not stored)", actor, action, target, exc)
 
     # --- housekeeping --------------------------------------------------------------------
     async def _housekeep(self) -> None:

@@ -12,7 +12,8 @@
      │    ├── BacklogFull       429: a target pool's backlog reached max_backlog
      │    └── Unavailable       503: store down, disk nearly full, or draining
      ├── NotFound               an unknown pool or message
-     ├── StoreError             the store failed (I/O, corruption, connection)
+     ├── StoreError             the store failed (I/O, corruption, connection); HTTP 503
+     │    └── PartlyDone        a bulk operation failed after committing some of its chunks
      └── DeliveryError          raised by a sink to classify a failed attempt
           ├── Retry             retry later (optionally not before `retry_after`)
           └── Permanent         never retry: straight to the DLQ
@@ -120,6 +121,16 @@ class NotFound(DispatcherError):
 
 class StoreError(DispatcherError):
     """The store could not do what was asked (I/O error, lost connection)."""
+
+
+class PartlyDone(StoreError):
+    """A bulk operation (DLQ replay or purge) that runs as several commits failed after
+    some of them: `done` counts what was committed, per pool, so callers can account for
+    it (backlog reservations, metrics, the audit log) before passing the failure on."""
+
+    def __init__(self, cause: StoreError, done: dict[str, int]) -> None:
+        super().__init__(f"{cause} (after {sum(done.values())} were done)")
+        self.done = done
 
 
 class DeliveryError(DispatcherError):

@@ -51,10 +51,11 @@ def _op(
     errors: tuple[int, ...] = (),
     **extra: Any,
 ) -> dict[str, Any]:
-    auth = (401, 403) if scope else ()
+    # Every authenticated operation reads or writes the store, which may be down: 503.
+    problems = sorted({*errors, *((401, 403, 503) if scope else ())})
     op: dict[str, Any] = {
         "summary": summary,
-        "responses": {**ok, **_problems(*auth, *errors)},
+        "responses": {**ok, **_problems(*problems)},
         "security": [{"bearer": []}] if scope else [],
     }
     if scope:

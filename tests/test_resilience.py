@@ -5,6 +5,7 @@ the real Dispatcher, pools and acker, the aiohttp app)."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,14 +17,24 @@ from dispatcher.acker import Acker
 from dispatcher.app import create_app
 from dispatcher.config import settings_from_dict
 from dispatcher.dispatcher import Dispatcher, Publish
-from dispatcher.errors import StoreError
-from dispatcher.message import Attempt, Completion, Job, Message, NewMessage, Outcome, State
+from dispatcher.errors import PartlyDone, StoreError
+from dispatcher.message import (
+    Attempt,
+    Completion,
+    DlqFilter,
+    Job,
+    Message,
+    NewMessage,
+    Outcome,
+    State,
+)
 from dispatcher.sinks.base import Sink
+from dispatcher.stores import sqlite as sqlite_store
 from dispatcher.stores.base import Claim
 from dispatcher.stores.memory import MemoryStore
 from dispatcher.stores.sqlite import SqliteStore
 
-from .api_helpers import READ, api_settings
+from .api_helpers import ADMIN, READ, api_settings
 from .helpers import eventually
 
 
@@ -210,3 +221,83 @@ async def test_resume_that_overtakes_the_release_finds_the_released_jobs() -> No
     finally:
         store.gate.set()
         await d.stop(grace=1)
+
+
+class _ReplayFailsOnSecondChunk(SqliteStore):
+    """A real SQLite store whose second DLQ write (replay or purge chunk) fails as an
+    I/O error would."""
+
+    writes = 0
+
+    def _w_replay(self, *args: Any) -> Any:
+        return self._second_fails(super()._w_replay, args)
+
+    def _w_purge(self, *args: Any) -> Any:
+        return self._second_fails(super()._w_purge, args)
+
+    def _second_fails(self, write: Any, args: Any) -> Any:
+        self.writes += 1
+        if self.writes == 2:
+            raise sqlite3.OperationalError("disk I/O error")
+        return write(*args)
+
+
+async def _dead_letters(tmp_path: Path, n: int, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setattr(sqlite_store, "_CHUNK", 2)
+    settings = settings_from_dict(
+        {
+            "store": {"url": f"sqlite:///{tmp_path}/d.db", "min_free_bytes": 0},
+            "auth": {"tokens": [{"name": "ops", "token": "admin-token", "scopes": ["admin"]}]},
+            "pools": {
+                "p": {
+                    "sink": {"type": "python", "handler": "tests.api_helpers:fail"},
+                    "retry": {"max_attempts": 1},
+                }
+            },
+            "routes": [{"match": "t", "pools": ["p"]}],
+        },
+        env={},
+    )
+    store = _ReplayFailsOnSecondChunk(f"{tmp_path}/d.db")
+    d = Dispatcher(settings, store=store)
+    await d.start()
+    await d.publish([Publish(tag="t", payload=b"%d" % i) for i in range(n)])
+    await eventually(lambda: _dead(d, n), timeout=5)
+    await d.update_pool("p", actor="test", paused=True)  # replayed jobs stay queued
+    return d
+
+
+async def _dead(d: Dispatcher, n: int) -> bool:
+    return await d.dlq_count(DlqFilter()) == n
+
+
+async def test_a_replay_that_fails_part_way_accounts_for_what_it_did(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = await _dead_letters(tmp_path, 5, monkeypatch)
+    try:
+        with pytest.raises(PartlyDone) as failed:
+            await d.dlq_replay(DlqFilter(), actor="ops")
+        assert failed.value.done == {"p": 2}
+        assert await d.dlq_count(DlqFilter()) == 3
+        # the backlog reservation matches the store: 2 queued again, none lost or doubled
+        assert d._outstanding["p"] == 2
+        assert (await d.pool_info("p")).backlog == 2
+        entries, _ = await d.audit_list(limit=10)
+        replay = next(e for e in entries if e.action == "dlq.replay")
+        assert replay.count == 2
+        assert "disk I/O error" in str(replay.detail["error"])
+    finally:
+        await d.stop(grace=0.5)
+
+
+async def test_a_failed_dlq_action_is_a_503_with_retry_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, aiohttp_client: Any
+) -> None:
+    d = await _dead_letters(tmp_path, 5, monkeypatch)
+    client = await aiohttp_client(create_app(d.settings, dispatcher=d))
+    resp = await client.post("/v1/dlq/purge", json={"filter": {}}, headers=ADMIN)
+    assert resp.status == 503, await resp.text()
+    assert resp.content_type == "application/problem+json"
+    assert resp.headers["Retry-After"] == "5"
+    assert await d.dlq_count(DlqFilter()) == 3  # the first chunk of two was purged

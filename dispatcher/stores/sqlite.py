@@ -93,12 +93,12 @@ import queue
 import sqlite3
 import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 import msgspec
 
-from ..errors import IdConflict, StoreError
+from ..errors import IdConflict, PartlyDone, StoreError
 from ..message import (
     Attempt,
     AuditEntry,
@@ -1258,19 +1258,29 @@ class SqliteStore(Store):
         self, selector: DlqFilter, now: float, interval: float = 0.0
     ) -> dict[str, int]:
         jids = await self._read(self._r_dlq_jids, selector)
-        out: dict[str, int] = {}
-        for start in range(0, len(jids), _CHUNK):
-            chunk = jids[start : start + _CHUNK]
-            done = await self._write(self._w_replay, chunk, now, start, interval)
-            for pool, n in done.items():
-                out[pool] = out.get(pool, 0) + n
-        return out
+        return await self._in_chunks(
+            jids, lambda start, chunk: self._write(self._w_replay, chunk, now, start, interval)
+        )
 
     async def dlq_purge(self, selector: DlqFilter) -> dict[str, int]:
         jids = await self._read(self._r_dlq_jids, selector)
+        return await self._in_chunks(jids, lambda _, chunk: self._write(self._w_purge, chunk))
+
+    @staticmethod
+    async def _in_chunks(
+        jids: list[int],
+        write: Callable[[int, list[int]], Awaitable[dict[str, int]]],
+    ) -> dict[str, int]:
+        """Run `write(start, chunk)` over `jids` a chunk (one commit) at a time; the counts
+        per pool, summed. A failure after the first commit is PartlyDone, with what was."""
         out: dict[str, int] = {}
         for start in range(0, len(jids), _CHUNK):
-            done = await self._write(self._w_purge, jids[start : start + _CHUNK])
+            try:
+                done = await write(start, jids[start : start + _CHUNK])
+            except StoreError as exc:
+                if not out:
+                    raise
+                raise PartlyDone(exc, out) from exc
             for pool, n in done.items():
                 out[pool] = out.get(pool, 0) + n
         return out
