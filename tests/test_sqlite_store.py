@@ -422,3 +422,59 @@ async def test_a_claim_rolled_back_with_its_group_leaves_the_books_as_they_were(
             store, store.claim("p", 2, T0 + 100), on_writer(store, lambda db: db.execute("COMMIT"))
         )
     assert _ids((await store.claim("p", 10, T0 + 100)).jobs) == ["a0", "a1", "a2", "a3"]
+
+
+class _HeldCompletion(SqliteStore):
+    """A real store whose completions stop on the writer thread, between changing the claim
+    books and committing, until `go` is set; `stale_once` makes the reader's next snapshot
+    land before that commit and the look at the books after it."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.paused = threading.Event()
+        self.go = threading.Event()
+        self.stale_once = False
+
+    def _w_complete(self, *args: Any) -> Any:
+        result = super()._w_complete(*args)
+        self.paused.set()
+        assert self.go.wait(10)
+        return result
+
+    def _r_message_rows(self, message_id: str) -> Any:
+        rows = super()._r_message_rows(message_id)
+        if self.stale_once:
+            self.stale_once = False
+            commits = self.commits
+            self.go.set()
+            deadline = time.monotonic() + 10
+            while self.commits == commits and time.monotonic() < deadline:
+                time.sleep(0.001)
+        return rows
+
+
+@pytest.mark.parametrize("stale", [False, True], ids=["mid-commit", "commit-in-between"])
+async def test_a_job_being_completed_reads_in_flight_until_its_outcome_commits(
+    db_path: Path, stale: bool
+) -> None:
+    store = _HeldCompletion(str(db_path))
+    await store.open()
+    try:
+        await store.enqueue([new("m")])
+        [job] = (await store.claim("p", 10, T0 + 1)).jobs
+        done = store.complete([Completion(job, Attempt(1, T0 + 2, 0.01, Outcome.SUCCESS))])
+        completing = asyncio.ensure_future(done)
+        assert await asyncio.to_thread(store.paused.wait, 10)
+        store.stale_once = stale
+        status = await store.get_message("m")
+        assert status is not None
+        expected = State.DELIVERED if stale else State.CLAIMED
+        assert status.jobs[0].state == expected  # never QUEUED in between
+        store.go.set()
+        await completing
+        status = await store.get_message("m")
+        assert status is not None
+        assert status.jobs[0].state == State.DELIVERED
+    finally:
+        store.go.set()
+        await store.close()

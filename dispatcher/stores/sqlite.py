@@ -127,6 +127,7 @@ FANOUT_LIMIT: Final = 1024
 _CHECKPOINT_INTERVAL: Final = 0.25  # seconds between passive WAL checkpoints
 #: seconds; see SqliteStore.open
 _GIL_SWITCH_INTERVAL: Final = 0.0002
+_STATUS_READS: Final = 3  # reads of a message's rows before commits in between are let be
 _AUTOCHECKPOINT_BACKSTOP: Final = 16384  # pages (64 MiB of WAL at 4 KiB pages)
 
 
@@ -166,12 +167,15 @@ class _Claims:
     made with an earlier `now` may not see it, so it must not leave a cursor past it.
 
     Every change happens at once, under the store's lock (the reader looks at `held`), and
-    answers its inverse for the request's undo log."""
+    answers its inverse for the request's undo log. A finished job moves from `held` to
+    `leaving` until its outcome commits: until then its row still reads ready, and the
+    reader must go on calling it claimed (see SqliteStore._r_get_message)."""
 
-    __slots__ = ("cursor", "future_at", "held", "lock")
+    __slots__ = ("cursor", "future_at", "held", "leaving", "lock")
 
     def __init__(self, lock: threading.Lock) -> None:
         self.held: set[int] = set()
+        self.leaving: set[int] = set()
         self.cursor: _Cursor | None = None
         self.future_at = 0.0
         self.lock = lock
@@ -199,7 +203,21 @@ class _Claims:
         return self._set(jids, (), cursor)
 
     def finished(self, jids: Sequence[int]) -> Callable[[], None]:
-        return self._set((), jids, self.cursor)
+        with self.lock:
+            done = [jid for jid in set(jids) if jid in self.held]
+            self.held.difference_update(done)
+            self.leaving.update(done)
+
+        def undo() -> None:
+            with self.lock:
+                self.leaving.difference_update(done)
+                self.held.update(done)
+
+        return undo
+
+    def in_flight(self, jid: int) -> bool:
+        """Claimed, or finished by a write not yet committed (call under the lock)."""
+        return jid in self.held or jid in self.leaving
 
     def released(self, jids: Sequence[int]) -> Callable[[], None]:
         return self._set((), jids, None)
@@ -796,8 +814,10 @@ class SqliteStore(Store):
             _undo([d for _, _, d in done])
             self._settle_all(failed)
             return
-        self.commits += 1
         with self._lock:
+            self.commits += 1  # under the lock: the reader compares it (_r_get_message)
+            for books in self._claims.values():
+                books.leaving.clear()  # their outcomes are on disk now
             counters = self._counters
             for _, _, delta in done:
                 for pool, (dq, dc, dd) in delta.items():
@@ -1036,24 +1056,27 @@ class SqliteStore(Store):
             self._writer.join()  # it has settled its last futures; only returning is left
 
     def _r_get_message(self, message_id: str) -> MessageStatus | None:
-        db = self._r
-        db.execute("BEGIN")  # one snapshot for both queries
-        try:
-            row = db.execute(
-                "SELECT mid, id, tag, payload, created_at, priority, available_at, headers,"
-                " trace FROM messages WHERE id = ?",
-                (message_id,),
-            ).fetchone()
-            if row is None:
+        # A claimed job's row reads ready: only the writer's books know it is claimed, and
+        # they keep a finished job (`leaving`) until its outcome commits. Should a commit
+        # land between this snapshot and the look at the books, the rows would be older
+        # than the books: the commit count tells, and the rows are read again.
+        for attempt in range(_STATUS_READS):
+            with self._lock:
+                commits = self.commits
+            found = self._r_message_rows(message_id)
+            if found is None:
                 return None
-            jobs = db.execute(
-                "SELECT pool, state, available_at, attempt_log, history, finished_at,"
-                " dead_reason, jid FROM jobs WHERE jid BETWEEN ? AND ? ORDER BY jid",
-                (row[0] * FANOUT_LIMIT, row[0] * FANOUT_LIMIT + FANOUT_LIMIT - 1),
-            ).fetchall()
-        finally:
-            db.execute("COMMIT")
-        held = self._held([(r[0], r[7]) for r in jobs if r[1] == _READY])
+            row, jobs = found
+            with self._lock:
+                if self.commits != commits and attempt < _STATUS_READS - 1:
+                    continue
+                books = self._claims
+                held = {
+                    jid
+                    for pool, state, *_, jid in jobs
+                    if state == _READY and pool in books and books[pool].in_flight(jid)
+                }
+                break
         return MessageStatus(
             message=_message(row, 1),
             jobs=[
@@ -1072,12 +1095,26 @@ class SqliteStore(Store):
             ],
         )
 
-    def _held(self, jobs: list[tuple[str, int]]) -> set[int]:
-        """Which of these (pool, jid) are claimed: not on disk, so the writer's books say."""
-        with self._lock:
-            return {
-                jid for pool, jid in jobs if pool in self._claims and jid in self._claims[pool].held
-            }
+    def _r_message_rows(self, message_id: str) -> tuple[Any, list[Any]] | None:
+        """The message's row and its jobs' rows, from one snapshot."""
+        db = self._r
+        db.execute("BEGIN")
+        try:
+            row = db.execute(
+                "SELECT mid, id, tag, payload, created_at, priority, available_at, headers,"
+                " trace FROM messages WHERE id = ?",
+                (message_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            jobs = db.execute(
+                "SELECT pool, state, available_at, attempt_log, history, finished_at,"
+                " dead_reason, jid FROM jobs WHERE jid BETWEEN ? AND ? ORDER BY jid",
+                (row[0] * FANOUT_LIMIT, row[0] * FANOUT_LIMIT + FANOUT_LIMIT - 1),
+            ).fetchall()
+        finally:
+            db.execute("COMMIT")
+        return row, jobs
 
     def _r_counts(self, now: float) -> dict[str, PoolCounts]:
         with self._lock:
