@@ -523,11 +523,25 @@ class Dispatcher:
             self._unreserve({pool: 1})
             raise Unavailable(f"the store is unavailable: {exc}", retry_after=5.0) from exc
         self.pools[pool].notify()
-        await self.store.dlq_purge(selector)
         # One replay as far as dispatcher_dlq_replayed_total goes: the old entry's removal is
         # part of it, not an operator purge.
         self.metrics.dlq_replayed({pool: 1})
-        await self._audit(actor, "dlq.edit_replay", f"{message_id} ({pool})", {"new_id": new.id}, 1)
+        target = f"{message_id} ({pool})"
+        detail: dict[str, Any] = {"new_id": new.id}
+        try:
+            await self.store.dlq_purge(selector)
+        except StoreError as exc:
+            # The new message is committed and on its way: answer with it. An error would
+            # invite a retry, and a retry would send it again under yet another id. The old
+            # entry stays in the DLQ, and the audit entry says why.
+            log.warning("replayed %s as %s, but the old entry stays: %s", target, new.id, exc)
+            detail["purge_error"] = str(exc)
+        try:
+            await self._audit(actor, "dlq.edit_replay", target, detail, 1)
+        except StoreError as exc:
+            log.warning(
+                "audit: %s dlq.edit_replay %s %s (not stored): %s", actor, target, detail, exc
+            )
         return new.id
 
     async def audit_list(

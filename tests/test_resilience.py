@@ -301,3 +301,40 @@ async def test_a_failed_dlq_action_is_a_503_with_retry_after(
     assert resp.content_type == "application/problem+json"
     assert resp.headers["Retry-After"] == "5"
     assert await d.dlq_count(DlqFilter()) == 3  # the first chunk of two was purged
+
+
+class _PurgeFails(MemoryStore):
+    async def dlq_purge(self, selector: DlqFilter) -> dict[str, int]:
+        raise StoreError("disk I/O error")
+
+
+async def test_an_edited_replay_whose_purge_fails_still_answers_the_new_id() -> None:
+    # The new message is committed before the old entry is purged: an error then would
+    # invite a retry that sends the message a second time under another id.
+    settings = settings_from_dict(
+        {
+            "store": {"url": "memory://"},
+            "pools": {
+                "p": {
+                    "sink": {"type": "python", "handler": "tests.api_helpers:fail"},
+                    "retry": {"max_attempts": 1},
+                }
+            },
+            "routes": [{"match": "t", "pools": ["p"]}],
+        },
+        env={},
+    )
+    d = Dispatcher(settings, store=_PurgeFails())
+    await d.start()
+    try:
+        [accepted] = await d.publish([Publish(tag="t", payload=b"old")])
+        await eventually(lambda: _dead(d, 1), timeout=5)
+        new_id = await d.dlq_replay_edited(accepted.id, "p", b"new", actor="ops")
+        status = await d.get_message(new_id)
+        assert status is not None
+        assert status.message.payload == b"new"
+        entries, _ = await d.audit_list(limit=1)
+        assert entries[0].action == "dlq.edit_replay"
+        assert entries[0].detail == {"new_id": new_id, "purge_error": "disk I/O error"}
+    finally:
+        await d.stop(grace=0.5)

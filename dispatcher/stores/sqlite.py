@@ -1060,23 +1060,23 @@ class SqliteStore(Store):
         # they keep a finished job (`leaving`) until its outcome commits. Should a commit
         # land between this snapshot and the look at the books, the rows would be older
         # than the books: the commit count tells, and the rows are read again.
-        for attempt in range(_STATUS_READS):
+        for _ in range(_STATUS_READS - 1):
             with self._lock:
                 commits = self.commits
             found = self._r_message_rows(message_id)
-            if found is None:
-                return None
-            row, jobs = found
             with self._lock:
-                if self.commits != commits and attempt < _STATUS_READS - 1:
-                    continue
-                books = self._claims
-                held = {
-                    jid
-                    for pool, state, *_, jid in jobs
-                    if state == _READY and pool in books and books[pool].in_flight(jid)
-                }
-                break
+                if self.commits == commits:
+                    held = self._in_flight(found)
+                    break
+        else:
+            # Commits kept landing. Read with the lock held: a commit may still land, but
+            # the writer cannot clear `leaving` after it until the books have been seen.
+            with self._lock:
+                found = self._r_message_rows(message_id)
+                held = self._in_flight(found)
+        if found is None:
+            return None
+        row, jobs = found
         return MessageStatus(
             message=_message(row, 1),
             jobs=[
@@ -1094,6 +1094,17 @@ class SqliteStore(Store):
                 for pool, state, available_at, log, history, finished_at, reason, jid in jobs
             ],
         )
+
+    def _in_flight(self, found: tuple[Any, list[Any]] | None) -> set[int]:
+        """The jids among these job rows that the books call claimed (under the lock)."""
+        if found is None:
+            return set()
+        books = self._claims
+        return {
+            jid
+            for pool, state, *_, jid in found[1]
+            if state == _READY and pool in books and books[pool].in_flight(jid)
+        }
 
     def _r_message_rows(self, message_id: str) -> tuple[Any, list[Any]] | None:
         """The message's row and its jobs' rows, from one snapshot."""
