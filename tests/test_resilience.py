@@ -244,9 +244,21 @@ class _ReplayFailsOnSecondChunk(SqliteStore):
 
 async def _dead_letters(tmp_path: Path, n: int, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setattr(sqlite_store, "_CHUNK", 2)
-    settings = settings_from_dict(
+    settings = _doomed_settings(f"sqlite:///{tmp_path}/d.db")
+    store = _ReplayFailsOnSecondChunk(f"{tmp_path}/d.db")
+    d = Dispatcher(settings, store=store)
+    await d.start()
+    await d.publish([Publish(tag="t", payload=b"%d" % i) for i in range(n)])
+    await eventually(lambda: _dead(d, n), timeout=5)
+    await d.update_pool("p", actor="test", paused=True)  # replayed jobs stay queued
+    return d
+
+
+def _doomed_settings(url: str) -> Any:
+    """One pool whose every message is dead-lettered at once; an admin token."""
+    return settings_from_dict(
         {
-            "store": {"url": f"sqlite:///{tmp_path}/d.db", "min_free_bytes": 0},
+            "store": {"url": url, "min_free_bytes": 0},
             "auth": {"tokens": [{"name": "ops", "token": "admin-token", "scopes": ["admin"]}]},
             "pools": {
                 "p": {
@@ -258,13 +270,6 @@ async def _dead_letters(tmp_path: Path, n: int, monkeypatch: pytest.MonkeyPatch)
         },
         env={},
     )
-    store = _ReplayFailsOnSecondChunk(f"{tmp_path}/d.db")
-    d = Dispatcher(settings, store=store)
-    await d.start()
-    await d.publish([Publish(tag="t", payload=b"%d" % i) for i in range(n)])
-    await eventually(lambda: _dead(d, n), timeout=5)
-    await d.update_pool("p", actor="test", paused=True)  # replayed jobs stay queued
-    return d
 
 
 async def _dead(d: Dispatcher, n: int) -> bool:
@@ -311,20 +316,7 @@ class _PurgeFails(MemoryStore):
 async def test_an_edited_replay_whose_purge_fails_still_answers_the_new_id() -> None:
     # The new message is committed before the old entry is purged: an error then would
     # invite a retry that sends the message a second time under another id.
-    settings = settings_from_dict(
-        {
-            "store": {"url": "memory://"},
-            "pools": {
-                "p": {
-                    "sink": {"type": "python", "handler": "tests.api_helpers:fail"},
-                    "retry": {"max_attempts": 1},
-                }
-            },
-            "routes": [{"match": "t", "pools": ["p"]}],
-        },
-        env={},
-    )
-    d = Dispatcher(settings, store=_PurgeFails())
+    d = Dispatcher(_doomed_settings("memory://"), store=_PurgeFails())
     await d.start()
     try:
         [accepted] = await d.publish([Publish(tag="t", payload=b"old")])
