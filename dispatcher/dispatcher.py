@@ -536,12 +536,7 @@ class Dispatcher:
             # entry stays in the DLQ, and the audit entry says why.
             log.warning("replayed %s as %s, but the old entry stays: %s", target, new.id, exc)
             detail["purge_error"] = str(exc)
-        try:
-            await self._audit(actor, "dlq.edit_replay", target, detail, 1)
-        except StoreError as exc:
-            log.warning(
-                "audit: %s dlq.edit_replay %s %s (not stored): %s", actor, target, detail, exc
-            )
+        await self._audit_best_effort(actor, "dlq.edit_replay", target, detail, 1)
         return new.id
 
     async def audit_list(
@@ -559,14 +554,19 @@ class Dispatcher:
     async def _audit_partly(
         self, actor: str, action: str, target: str, detail: dict[str, Any], exc: PartlyDone
     ) -> None:
-        """Audit the part of a bulk action that was done before it failed, if the store
-        still takes the entry (the failure it just had may well refuse it too)."""
+        """Audit the part of a bulk action that was done before it failed."""
+        detail = {**detail, "error": str(exc)}
+        await self._audit_best_effort(actor, action, target, detail, sum(exc.done.values()))
+
+    async def _audit_best_effort(
+        self, actor: str, action: str, target: str, detail: dict[str, Any], count: int
+    ) -> None:
+        """Audit an action that is done whatever happens next: a store that refuses the
+        entry (it may just have failed the action itself) gets a log line instead."""
         try:
-            await self._audit(
-                actor, action, target, {**detail, "error": str(exc)}, sum(exc.done.values())
-            )
-        except StoreError:
-            log.warning("audit: %s %s %s: %s (not stored)", actor, action, target, exc)
+            await self._audit(actor, action, target, detail, count)
+        except StoreError as exc:
+            log.warning("audit: %s %s %s %s (not stored: %s)", actor, action, target, detail, exc)
 
     # --- housekeeping --------------------------------------------------------------------
     async def _housekeep(self) -> None:
