@@ -7,8 +7,8 @@ from typing import Any
 
 from aiohttp import web
 
-from dispatcher.dispatcher import Dispatcher, PoolInfo
-from dispatcher.message import AuditEntry
+from dispatcher.dispatcher import Dispatcher
+from dispatcher.message import AuditEntry, PoolInfo
 
 from . import fmt
 from .core import PREFIX, console_of, dispatcher_of, form_of, render, require, route

@@ -16,7 +16,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from dispatcher.dispatcher import Dispatcher, PoolInfo
+from dispatcher.dispatcher import Dispatcher
+from dispatcher.message import PoolInfo
 
 log = logging.getLogger("console.sampler")
 

@@ -6,10 +6,8 @@ else may change without notice.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from .config import Settings, load_settings
-from .dispatcher import Accepted, Dispatcher, PoolInfo, Publish
+from .dispatcher import Dispatcher
 from .errors import (
     BacklogFull,
     ConfigError,
@@ -24,10 +22,11 @@ from .errors import (
     Unavailable,
     Unroutable,
 )
-from .message import Attempt, DlqFilter, Job, Message, Outcome
+from .message import Accepted, Attempt, DlqFilter, Job, Message, Outcome, PoolInfo, Publish
 from .middleware import Middleware
 from .sinks.base import Sink
 from .stores.base import Store
+from .version import __version__
 
 __all__ = [
     "Accepted",

@@ -10,11 +10,12 @@ from collections.abc import Sequence
 
 import yaml
 
-from . import __version__, logs
 from .config import Settings, load_settings, redacted
 from .demo import DEMO_CONFIG
 from .errors import ConfigError, StoreError
-from .tracing import configure_sdk
+from .observe import logs
+from .observe.tracing import configure_sdk
+from .version import __version__
 
 
 def _parser() -> argparse.ArgumentParser:

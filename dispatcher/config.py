@@ -24,7 +24,7 @@ import msgspec
 import yaml
 
 from .errors import ConfigError, field_problem
-from .routing import validate_pattern
+from .tags import validate_pattern
 
 POOL_NAME = re.compile(r"^[a-z0-9_-]{1,64}$")
 Scope = Literal["produce", "read", "operate", "admin"]

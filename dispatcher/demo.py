@@ -13,8 +13,9 @@ import logging
 import random
 from typing import Any
 
-from .dispatcher import Dispatcher, Publish
+from .dispatcher import Dispatcher
 from .errors import Rejected
+from .message import Publish
 
 log = logging.getLogger("dispatcher.demo")
 

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import msgspec
 from opentelemetry.trace import TracerProvider
 
 from .acker import Acker
@@ -31,8 +30,8 @@ from .errors import (
     Unavailable,
     Unroutable,
 )
-from .logs import LogContextMiddleware
 from .message import (
+    Accepted,
     AuditEntry,
     Completion,
     DlqEntry,
@@ -42,59 +41,24 @@ from .message import (
     MessageStatus,
     NewMessage,
     PoolCounts,
+    PoolInfo,
+    Publish,
 )
-from .metrics import STORE_OPERATIONS, Metrics
 from .middleware import Chain, Middleware
+from .observe.logs import LogContextMiddleware
+from .observe.metrics import STORE_OPERATIONS, Metrics
+from .observe.tracing import Tracing
 from .pool import Pool
 from .routing import Router
 from .sinks import SinkContext, build_sink
 from .sinks.base import Sink
 from .stores import Store, open_store
 from .stores.instrumented import InstrumentedStore
-from .tracing import Tracing
 
 log = logging.getLogger("dispatcher")
 
 _UNSET: Any = object()
 _HOUSEKEEPING_INTERVAL = 1.0  # disk-space check; expiry runs every 60 of these
-
-
-class Publish(msgspec.Struct, frozen=True, gc=False):
-    """A message as a producer gives it, already validated by the edge."""
-
-    tag: str
-    payload: bytes
-    id: str | None = None
-    priority: int = 0
-    delay: float = 0.0
-    headers: dict[str, str] = {}
-    trace: str | None = None
-
-
-class Accepted(msgspec.Struct, frozen=True, gc=False):
-    id: str
-    tag: str
-    pools: tuple[str, ...]
-    duplicate: bool
-
-
-class PoolInfo(msgspec.Struct, frozen=True):
-    """Settings and live stats of one pool, as `GET /v1/pools/{name}` shows them."""
-
-    name: str
-    paused: bool
-    rate: float | None
-    burst: int
-    concurrency: int
-    backlog: int
-    in_flight: int
-    scheduled: int
-    dlq: int
-    oldest_age_seconds: float
-    max_backlog: int
-    timeout: float
-    sink: str
-    overrides: dict[str, Any] = {}
 
 
 class Dispatcher:

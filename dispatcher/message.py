@@ -1,4 +1,6 @@
-"""Values that travel through the dispatcher: messages, jobs, attempts and their states.
+"""Values that travel through the dispatcher: messages, jobs, attempts and their states; what
+a producer publishes (`Publish`), what ingest answers (`Accepted`), and what a pool's
+settings and live stats read (`PoolInfo`).
 
 A *message* is what a producer sent. Routing fans it out to one *job* per pool; each job is
 delivered, retried and dead-lettered on its own. All times are epoch seconds (float).
@@ -10,6 +12,7 @@ from __future__ import annotations
 import enum
 import os
 import time
+from typing import Any
 
 import msgspec
 
@@ -179,3 +182,41 @@ class IdGenerator:
 
 #: the 4096 three-digit hex numbers, in order
 _HEX3: list[str] = [f"{i:03x}" for i in range(4096)]
+
+
+class Publish(msgspec.Struct, frozen=True, gc=False):
+    """A message as a producer gives it, already validated by the edge."""
+
+    tag: str
+    payload: bytes
+    id: str | None = None
+    priority: int = 0
+    delay: float = 0.0
+    headers: dict[str, str] = {}
+    trace: str | None = None
+
+
+class Accepted(msgspec.Struct, frozen=True, gc=False):
+    id: str
+    tag: str
+    pools: tuple[str, ...]
+    duplicate: bool
+
+
+class PoolInfo(msgspec.Struct, frozen=True):
+    """Settings and live stats of one pool, as `GET /v1/pools/{name}` shows them."""
+
+    name: str
+    paused: bool
+    rate: float | None
+    burst: int
+    concurrency: int
+    backlog: int
+    in_flight: int
+    scheduled: int
+    dlq: int
+    oldest_age_seconds: float
+    max_backlog: int
+    timeout: float
+    sink: str
+    overrides: dict[str, Any] = {}

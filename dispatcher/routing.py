@@ -1,8 +1,7 @@
 """Routing: which pools a tag goes to.
 
-Tags are dot-separated tokens of ``[A-Za-z0-9_:-]``. A route pattern is a tag in which a token
-may be ``*`` (exactly one token) or, last, ``>`` (one or more trailing tokens), as in NATS
-subjects. A message goes to every pool whose route matches (fan-out), each pool once, in the
+Patterns are those of `tags.py`, as in NATS subjects (``*`` one token, a final ``>`` one or
+more). A message goes to every pool whose route matches (fan-out), each pool once, in the
 order the routes name them.
 
 Exact patterns sit in a dict; wildcard results are memoised per tag in a bounded cache, so a
@@ -11,30 +10,11 @@ match costs one dict lookup after the first message with that tag.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
-MAX_TAG_LENGTH = 255
-_TOKEN = r"[A-Za-z0-9_:-]+"
-TAG = re.compile(rf"^{_TOKEN}(?:\.{_TOKEN})*$")
-_PATTERN_TOKEN = re.compile(rf"^(?:{_TOKEN}|\*|>)$")
+from .tags import validate_pattern
+
 _CACHE_SIZE = 10_000
-
-
-def is_valid_tag(tag: str) -> bool:
-    return len(tag) <= MAX_TAG_LENGTH and TAG.match(tag) is not None
-
-
-def validate_pattern(pattern: str) -> None:
-    """Raise ValueError saying what is wrong with a route pattern."""
-    if not pattern or len(pattern) > MAX_TAG_LENGTH:
-        raise ValueError("a pattern is 1 to 255 characters")
-    tokens = pattern.split(".")
-    for i, token in enumerate(tokens):
-        if not _PATTERN_TOKEN.match(token):
-            raise ValueError(f"bad token {token!r}: use [A-Za-z0-9_:-], '*' or a final '>'")
-        if token == ">" and i != len(tokens) - 1:
-            raise ValueError("'>' may only be the last token")
 
 
 def _matches(pattern: tuple[str, ...], tokens: list[str]) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from dispatcher.dispatcher import Dispatcher, Publish
+from dispatcher import Dispatcher, Publish
 from dispatcher.message import DlqFilter
 from tests.helpers import eventually, webhook_settings
 

@@ -18,7 +18,7 @@ from cloudevents.core.bindings.http import (
 from cloudevents.core.v1.event import CloudEvent
 
 from dispatcher.app import create_app
-from dispatcher.cloudevent import message_id
+from dispatcher.http.cloudevent import message_id
 from dispatcher.state import DISPATCHER
 
 from .api_helpers import PRODUCE, READ, api_settings

@@ -8,12 +8,15 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web_protocol
 
 from dispatcher.app import create_app
+from dispatcher.http import malformed
 from dispatcher.state import DISPATCHER
 
 from .api_helpers import ADMIN, PRODUCE, READ, api_settings
@@ -21,9 +24,25 @@ from .api_helpers import ADMIN, PRODUCE, READ, api_settings
 Client = Any
 
 
+@pytest.fixture
+def as_served() -> Iterator[None]:
+    """What `dispatcher serve` installs process-wide: malformed requests as problem+json."""
+    malformed.install()
+    yield
+    malformed.uninstall()
+
+
 @pytest.fixture(params=["memory", "sqlite"])
-async def client(request: pytest.FixtureRequest, aiohttp_client: Any, tmp_path: Path) -> Client:
+async def client(
+    request: pytest.FixtureRequest, aiohttp_client: Any, tmp_path: Path, as_served: None
+) -> Client:
     return await aiohttp_client(create_app(api_settings(request.param, tmp_path)))
+
+
+def test_building_the_app_patches_nothing_process_wide(tmp_path: Path) -> None:
+    before = web_protocol.RequestHandler.handle_error
+    create_app(api_settings("memory", tmp_path))
+    assert web_protocol.RequestHandler.handle_error is before
 
 
 async def backlog(client: Client) -> int:

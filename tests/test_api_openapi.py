@@ -19,7 +19,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from dispatcher.app import create_app
-from dispatcher.openapi import DOCUMENT
+from dispatcher.http.openapi import DOCUMENT
 
 from .api_helpers import ADMIN, api_settings
 

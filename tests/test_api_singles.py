@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from dispatcher.api import Singles
+from dispatcher import Accepted, Dispatcher, Publish
 from dispatcher.app import create_app
-from dispatcher.dispatcher import Accepted, Dispatcher, Publish
 from dispatcher.errors import BacklogFull, Unroutable
+from dispatcher.http.api import Singles
 
 from .api_helpers import PRODUCE, READ, api_settings
 from .helpers import running

@@ -10,8 +10,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from dispatcher import Publish
 from dispatcher.app import create_app
-from dispatcher.dispatcher import Publish
 from dispatcher.message import DlqFilter
 from dispatcher.state import DISPATCHER
 from tests.console_kit import ADMIN, OPERATE, PRODUCE, READ, console_settings, csrf_of, dead_letters

@@ -14,7 +14,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from dispatcher.server import GC_YOUNG_THRESHOLD, tune_gc
+from dispatcher.http import malformed
+from dispatcher.server import GC_YOUNG_THRESHOLD, GIL_SWITCH_INTERVAL, tune_gc, tune_process
 
 
 @pytest.mark.allow_blocking
@@ -85,3 +86,17 @@ def test_tune_gc_freezes_start_up_objects_and_raises_the_young_threshold() -> No
 class _Cycle:
     def __init__(self) -> None:
         self.me = self
+
+
+def test_tune_process_shortens_the_gil_switch_interval_but_never_lengthens_it() -> None:
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        tune_process()
+        assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_INTERVAL)
+        sys.setswitchinterval(0.0001)
+        tune_process()
+        assert sys.getswitchinterval() == pytest.approx(0.0001)
+    finally:
+        sys.setswitchinterval(before)
+        malformed.uninstall()

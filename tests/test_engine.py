@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from dispatcher.dispatcher import Dispatcher, Publish
+from dispatcher import Dispatcher, Publish
 from dispatcher.errors import BacklogFull, Unroutable
 from dispatcher.message import DlqFilter, State
 

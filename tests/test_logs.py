@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from dispatcher import logs
+from dispatcher import Dispatcher, Publish
 from dispatcher.config import settings_from_dict
-from dispatcher.dispatcher import Dispatcher, Publish
 from dispatcher.message import Message
+from dispatcher.observe import logs
 
 from .helpers import eventually, receiver, running, webhook_settings
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dispatcher.ingest import MESSAGE_ID
+from dispatcher.http.ingest import MESSAGE_ID
 from dispatcher.message import IdGenerator
 
 

@@ -232,7 +232,7 @@ async def test_ten_thousand_tags_add_no_series(aiohttp_client: Callable[..., Any
 
 
 def _publish(tag: str) -> Any:
-    from dispatcher.dispatcher import Publish
+    from dispatcher import Publish
 
     return Publish(tag, b"{}")
 
@@ -296,7 +296,7 @@ async def test_http_handler_label_is_the_route_not_the_path(rig: Any) -> None:
 async def test_a_failing_observer_never_breaks_a_delivery(
     aiohttp_client: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dispatcher.metrics import MetricsMiddleware
+    from dispatcher.observe.metrics import MetricsMiddleware
 
     def explode(*args: Any) -> None:
         raise RuntimeError("observer down")

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
+from dispatcher import Dispatcher, Publish
 from dispatcher.acker import Acker
 from dispatcher.app import create_app
 from dispatcher.config import settings_from_dict
-from dispatcher.dispatcher import Dispatcher, Publish
 from dispatcher.errors import PartlyDone, StoreError
 from dispatcher.message import (
     Attempt,

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from dispatcher.routing import Router, is_valid_tag, validate_pattern
+from dispatcher.routing import Router
+from dispatcher.tags import is_valid_tag, validate_pattern
 
 
 def test_exact_routes_fan_out_in_route_order() -> None:

@@ -20,7 +20,8 @@ from dispatcher.errors import ConfigError, Permanent, Retry
 from dispatcher.message import Job, Message
 from dispatcher.signing import Signer
 from dispatcher.sinks import SinkContext, build_sink
-from dispatcher.sinks.webhook import WebhookSink, current_traceparent, parse_retry_after
+from dispatcher.sinks.base import current_traceparent
+from dispatcher.sinks.webhook import WebhookSink, parse_retry_after
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 LOOPBACK = SecurityConfig(webhook_allow_cidrs=("127.0.0.1/32",))

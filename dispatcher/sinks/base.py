@@ -9,8 +9,16 @@ text becomes the attempt's error. Timeouts are enforced by the pool by cancellin
 from __future__ import annotations
 
 import abc
+import contextvars
 
 from ..message import Job
+
+#: The live attempt span's traceparent, set by the tracing middleware (observe/tracing.py);
+#: when unset, a sink sends the message's creation context (``Message.trace``) instead. It
+#: lives with the interface so that observers need not import a concrete sink.
+current_traceparent: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "dispatcher_traceparent", default=None
+)
 
 
 class Sink(abc.ABC):

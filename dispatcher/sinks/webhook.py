@@ -12,7 +12,6 @@ guard refuses permanent. The sink never retries by itself.
 
 from __future__ import annotations
 
-import contextvars
 import email.utils
 import math
 import time
@@ -27,14 +26,8 @@ from ..errors import ConfigError, Permanent, Retry
 from ..message import Job, Message
 from ..signing import Signer
 from ..ssrf import AddressRefused, ip_literal
-from .base import Sink
+from .base import Sink, current_traceparent
 from .context import SinkContext
-
-#: Set by the tracing middleware to the live attempt span's traceparent; when unset the
-#: message's creation context (``Message.trace``) is sent instead.
-current_traceparent: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "dispatcher_traceparent", default=None
-)
 
 ERROR_TEXT_CHARS = 200
 _KEEP_BYTES = 2048  # of a response body, for the error text

@@ -30,7 +30,8 @@ from aiohttp import web
 from ..config import WebsocketSinkConfig
 from ..errors import Retry
 from ..message import Job
-from ..routing import Router, validate_pattern
+from ..routing import Router
+from ..tags import validate_pattern
 from .base import Sink
 
 logger = logging.getLogger("dispatcher.sink.websocket")

@@ -91,7 +91,6 @@ import math
 import os
 import queue
 import sqlite3
-import sys
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
@@ -126,7 +125,6 @@ _CHUNK: Final = 5000
 FANOUT_LIMIT: Final = 1024
 _CHECKPOINT_INTERVAL: Final = 0.25  # seconds between passive WAL checkpoints
 #: seconds; see SqliteStore.open
-_GIL_SWITCH_INTERVAL: Final = 0.0002
 _STATUS_READS: Final = 3  # reads of a message's rows before commits in between are let be
 _AUTOCHECKPOINT_BACKSTOP: Final = 16384  # pages (64 MiB of WAL at 4 KiB pages)
 
@@ -542,14 +540,6 @@ class SqliteStore(Store):
     async def open(self) -> int:
         if self._state != _NEW:
             raise StoreError("a SqliteStore opens once; make a new one to reopen the file")
-        # The writer gives the GIL up at every statement and must win it back from the
-        # event loop, which keeps it, when busy, until the switch interval has passed: 5 ms
-        # by default, paid many times per write group. A shorter interval bounds each of
-        # those waits. Engine bench, 4 interleaved runs each: 5 ms 23.2k msg/s, 1 ms 23.4k,
-        # 0.2 ms 25.1k. The price: ~10% more CPU per single-message HTTP request (more
-        # switches), which stays well above its target. Only ever lowered, never raised.
-        if sys.getswitchinterval() > _GIL_SWITCH_INTERVAL:
-            sys.setswitchinterval(_GIL_SWITCH_INTERVAL)
         loop = asyncio.get_running_loop()
         opened: asyncio.Future[int] = loop.create_future()
         self._writer = threading.Thread(

@@ -23,8 +23,9 @@ import tempfile
 import time
 from typing import Any
 
+from dispatcher import Dispatcher, Publish
 from dispatcher.config import settings_from_dict
-from dispatcher.dispatcher import Dispatcher, Publish
+from dispatcher.server import tune_process
 
 from . import handlers
 
@@ -171,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, default=500)
     parser.add_argument("--seconds", type=float, default=10)
     args = parser.parse_args(argv)
+    tune_process()  # measure what `dispatcher serve` runs: the same GIL switch interval
     if args.kind == "throughput":
         asyncio.run(throughput(args.store, args.messages or 100_000, args.batch, args.producers))
     elif args.kind == "latency":

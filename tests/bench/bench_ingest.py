@@ -69,7 +69,9 @@ async def _serve(kind: str) -> None:
         directory = None
     else:
         from dispatcher.app import create_app
+        from dispatcher.server import tune_process
 
+        tune_process()  # as `dispatcher serve` does before it builds the app
         directory = tempfile.mkdtemp(prefix="bench-ingest-")
         app = create_app(_settings(directory))
     runner = web.AppRunner(app, access_log=None)

@@ -25,12 +25,13 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from dispatcher import logs
+from dispatcher import Dispatcher, Publish
 from dispatcher.app import create_app
 from dispatcher.config import settings_from_dict
-from dispatcher.dispatcher import Dispatcher, Publish
 from dispatcher.errors import Retry
 from dispatcher.message import Message
+from dispatcher.observe import logs
+from dispatcher.server import tune_process
 from dispatcher.state import DISPATCHER
 
 from . import handlers
@@ -146,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pools", type=int, default=20)
     parser.add_argument("--scrapes", type=int, default=200)
     args = parser.parse_args(argv)
+    tune_process()  # as `dispatcher serve` does
     if args.kind == "overhead":
         overhead(args.messages, args.batch, args.rounds)
     else:

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from .auth import requires
+from ..auth import requires
 from .ingest import MAX_BATCH
 
 JSON = "application/json"

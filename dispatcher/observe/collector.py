@@ -23,14 +23,13 @@ from prometheus_client import Histogram, ProcessCollector
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from .config import PoolConfig
-from .errors import StoreError
+from ..config import PoolConfig
+from ..errors import StoreError
+from ..message import PoolInfo
 from .exposition import Family, LabelSet, render
 
 if TYPE_CHECKING:
-    from .dispatcher import PoolInfo
     from .metrics import FastHistogram, PoolSeries
-    from .pool import Pool
 
 log = logging.getLogger("dispatcher.metrics")
 
@@ -38,11 +37,26 @@ REFRESH_TIMEOUT = 2.0  # a hung store must not hang /metrics: serve the last sna
 LOOP_MONITOR_INTERVAL = 0.25
 
 
+class LivePool(Protocol):
+    """The live attributes of a pool that a scrape reads (exact at scrape time)."""
+
+    @property
+    def busy(self) -> int: ...
+    @property
+    def concurrency(self) -> int: ...
+    @property
+    def rate(self) -> float | None: ...
+    @property
+    def paused(self) -> bool: ...
+    @property
+    def rate_wait_seconds(self) -> float: ...
+
+
 class Source(Protocol):
     """What the collector reads from the Dispatcher."""
 
     @property
-    def pools(self) -> Mapping[str, Pool]: ...
+    def pools(self) -> Mapping[str, LivePool]: ...
 
     @property
     def started(self) -> bool: ...

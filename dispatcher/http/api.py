@@ -2,7 +2,7 @@
 
 Handlers translate HTTP to Dispatcher calls and back, nothing more: the wire format lives
 in `ingest.py` and `cloudevent.py`, behaviour in the Dispatcher. Operator endpoints (pools,
-DLQ, audit, subscribe) are in `api_ops.py`, the OpenAPI document in `openapi.py`.
+DLQ, audit, subscribe) are in `operations.py`, the OpenAPI document in `openapi.py`.
 `Singles` publishes the single messages of concurrent requests together.
 """
 
@@ -16,14 +16,14 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from . import api_ops, cloudevent, ingest
-from .auth import requires
-from .dispatcher import Accepted, Dispatcher, Publish
-from .errors import NotFound
-from .message import Attempt, MessageStatus, State
+from ..auth import requires
+from ..dispatcher import Dispatcher
+from ..errors import NotFound
+from ..message import Accepted, Attempt, MessageStatus, Publish, State
+from ..state import DISPATCHER
+from ..timefmt import rfc3339
+from . import cloudevent, ingest, operations
 from .openapi import handler as openapi_handler
-from .state import DISPATCHER
-from .timefmt import rfc3339
 
 _STATUS = {
     State.CLAIMED: "in_flight",
@@ -212,7 +212,7 @@ def message_view(status: MessageStatus, now: float) -> dict[str, Any]:
         "created_at": rfc3339(m.created_at),
         "priority": m.priority,
         "headers": m.headers,
-        "payload": api_ops.payload_value(m.payload),
+        "payload": operations.payload_value(m.payload),
         "pools": pools,
     }
 
@@ -248,14 +248,14 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v1/messages", post_message)
     r.add_post("/v1/messages/batch", post_batch)
     r.add_get("/v1/messages/{id}", get_message)
-    r.add_get("/v1/pools", api_ops.list_pools)
-    r.add_get("/v1/pools/{name}", api_ops.get_pool)
-    r.add_patch("/v1/pools/{name}", api_ops.patch_pool)
-    r.add_get("/v1/dlq", api_ops.list_dlq)
-    r.add_post("/v1/dlq/replay", api_ops.replay_dlq)
-    r.add_post("/v1/dlq/purge", api_ops.purge_dlq)
-    r.add_get("/v1/audit", api_ops.list_audit)
-    r.add_get("/v1/subscribe", api_ops.subscribe)
+    r.add_get("/v1/pools", operations.list_pools)
+    r.add_get("/v1/pools/{name}", operations.get_pool)
+    r.add_patch("/v1/pools/{name}", operations.patch_pool)
+    r.add_get("/v1/dlq", operations.list_dlq)
+    r.add_post("/v1/dlq/replay", operations.replay_dlq)
+    r.add_post("/v1/dlq/purge", operations.purge_dlq)
+    r.add_get("/v1/audit", operations.list_audit)
+    r.add_get("/v1/subscribe", operations.subscribe)
     r.add_get("/healthz", healthz)
     r.add_get("/readyz", readyz)
     r.add_get("/openapi.json", openapi_handler)

@@ -20,12 +20,12 @@ from prometheus_client import Counter
 from prometheus_client.aiohttp import make_aiohttp_handler
 from prometheus_client.exposition import choose_encoder
 
+from ..auth import requires
+from ..errors import Rejected
+from ..observe.metrics import Metrics
+from ..observe.tracing import Tracing, context_from
+from ..state import DISPATCHER
 from . import debug
-from .auth import requires
-from .errors import Rejected
-from .metrics import Metrics
-from .state import DISPATCHER
-from .tracing import Tracing, context_from
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

@@ -24,8 +24,8 @@ from typing import IO, Any
 import msgspec
 from opentelemetry import trace
 
-from .message import Completion, Job
-from .middleware import Middleware
+from ..message import Completion, Job
+from ..middleware import Middleware
 
 #: The job being attempted on this task (its attempt number is job.attempts + 1).
 current_attempt: ContextVar[Job | None] = ContextVar("dispatcher_attempt", default=None)

@@ -41,5 +41,11 @@ def _handle_error(
 
 def install() -> None:
     """Answer malformed requests as problem+json in every aiohttp server of this process
-    (idempotent). A class attribute, as aiohttp creates one handler per connection itself."""
+    (idempotent). A class attribute, as aiohttp creates one handler per connection itself,
+    so only `dispatcher serve` calls this: a program that embeds the app keeps aiohttp's."""
     web_protocol.RequestHandler.handle_error = _handle_error  # type: ignore[method-assign]
+
+
+def uninstall() -> None:
+    """aiohttp's own handler again (for tests)."""
+    web_protocol.RequestHandler.handle_error = _aiohttp_handle_error  # type: ignore[method-assign]

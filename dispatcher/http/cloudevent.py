@@ -25,8 +25,8 @@ from urllib.parse import quote, unquote
 
 import msgspec
 
-from .dispatcher import Publish
-from .errors import InvalidMessage
+from ..errors import InvalidMessage
+from ..message import Publish
 from .ingest import (
     MAX_HEADER_VALUE,
     TRACEPARENT,

@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from .auth import requires
+from ..auth import requires
 
 MAX_FRAMES = 64
 

@@ -17,10 +17,10 @@ from typing import Annotated
 import msgspec
 from aiohttp import web
 
-from . import strictjson
-from .dispatcher import Publish
-from .errors import BadRequest, InvalidMessage, RequestTimeout, TooLarge, field_problem
-from .routing import MAX_TAG_LENGTH, is_valid_tag
+from .. import strictjson
+from ..errors import BadRequest, InvalidMessage, RequestTimeout, TooLarge, field_problem
+from ..message import Publish
+from ..tags import MAX_TAG_LENGTH, is_valid_tag
 
 MAX_BATCH = 1000
 MAX_DELAY = 366 * 86_400.0  # a year; longer is almost surely a unit mistake (ms for s)

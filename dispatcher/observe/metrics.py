@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -34,15 +33,12 @@ from prometheus_client import (
 )
 from prometheus_client.samples import Exemplar
 
-from . import __version__
+from ..config import Settings
+from ..message import Accepted, Completion, DeadReason, Outcome
+from ..middleware import Middleware
+from ..sinks.base import current_traceparent
+from ..version import __version__
 from .collector import DispatcherCollector, LoopMonitor, ProcessSnapshot, Source
-from .config import Settings
-from .message import Completion, DeadReason, Outcome
-from .middleware import Middleware
-from .sinks.webhook import current_traceparent
-
-if TYPE_CHECKING:
-    from .dispatcher import Accepted
 
 # Few buckets on purpose: each is a line per pool on every scrape (see the scrape benchmark).
 QUEUE_WAIT_BUCKETS = (0.005, 0.025, 0.1, 0.5, 1, 5, 30, 120, 600, 1800, 3600)

@@ -22,7 +22,6 @@ import importlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import Token
-from typing import TYPE_CHECKING
 
 import msgspec
 from opentelemetry import context as otel_context
@@ -30,13 +29,10 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from . import __version__
-from .message import Completion, Job, Outcome
-from .middleware import Middleware
-from .sinks.webhook import current_traceparent
-
-if TYPE_CHECKING:
-    from .dispatcher import Accepted, Publish
+from ..message import Accepted, Completion, Job, Outcome, Publish
+from ..middleware import Middleware
+from ..sinks.base import current_traceparent
+from ..version import __version__
 
 SYSTEM = "dispatcher"  # messaging.system
 _propagator = TraceContextTextMapPropagator()

@@ -12,14 +12,14 @@ from typing import Annotated, Any
 import msgspec
 from aiohttp import web
 
+from ..auth import requires
+from ..dispatcher import Dispatcher
+from ..errors import BadRequest, InvalidMessage
+from ..message import AuditEntry, DlqEntry, DlqFilter, PoolInfo
+from ..state import DISPATCHER, PRINCIPAL
+from ..tags import validate_pattern
+from ..timefmt import parse_rfc3339, rfc3339
 from . import ingest
-from .auth import requires
-from .dispatcher import Dispatcher, PoolInfo
-from .errors import BadRequest, InvalidMessage
-from .message import AuditEntry, DlqEntry, DlqFilter
-from .routing import validate_pattern
-from .state import DISPATCHER, PRINCIPAL
-from .timefmt import parse_rfc3339, rfc3339
 
 MAX_LIMIT = 1000
 MAX_IDS = 10_000
