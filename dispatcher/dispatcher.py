@@ -10,7 +10,6 @@ import asyncio
 import hashlib
 import logging
 import math
-import os
 import random as _random
 import shutil
 import time
@@ -535,7 +534,7 @@ class Dispatcher:
     # --- housekeeping --------------------------------------------------------------------
     async def _housekeep(self) -> None:
         ticks = 0
-        data_dir = _data_dir(self.settings.store.url)
+        data_dir = self.store.data_dir
         while True:
             if data_dir is not None:
                 try:
@@ -563,13 +562,6 @@ def _digest(item: Publish) -> bytes:
     h.update(b"\x00")
     h.update(item.payload)
     return h.digest()
-
-
-def _data_dir(url: str) -> str | None:
-    if not url.startswith("sqlite:///"):
-        return None
-    directory = os.path.dirname(os.path.abspath(url.removeprefix("sqlite:///")))
-    return directory or "."
 
 
 def _describe(selector: DlqFilter) -> str:

@@ -68,6 +68,12 @@ class Store(abc.ABC):
         """True when the store can serve requests (for /readyz)."""
         return True
 
+    @property
+    def data_dir(self) -> str | None:
+        """The local directory the store writes to, whose free space gates ingest
+        (`store.min_free_bytes`); None for a store that keeps nothing on this machine."""
+        return None
+
     # --- the hot path --------------------------------------------------------------------
     @abc.abstractmethod
     async def enqueue(self, batch: Sequence[NewMessage]) -> list[bool]:

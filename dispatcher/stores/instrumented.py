@@ -44,6 +44,10 @@ class InstrumentedStore(Store):
     def __repr__(self) -> str:
         return f"InstrumentedStore({self.inner!r})"
 
+    @property
+    def data_dir(self) -> str | None:
+        return self.inner.data_dir
+
     async def _timed(self, operation: str, call: Awaitable[T]) -> T:
         child = self._children.get(operation)
         if child is None:

@@ -537,6 +537,10 @@ class SqliteStore(Store):
         self._r: sqlite3.Connection
 
     # --- lifecycle -----------------------------------------------------------------------
+    @property
+    def data_dir(self) -> str:
+        return os.path.dirname(os.path.abspath(self.path)) or "."
+
     async def open(self) -> int:
         if self._state != _NEW:
             raise StoreError("a SqliteStore opens once; make a new one to reopen the file")
