@@ -8,15 +8,14 @@ confirmed action selects by the same rule the operator saw counted.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Mapping
-from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
 
+from dispatcher import strictjson
 from dispatcher.message import DlqEntry, DlqFilter
 
 from . import fmt
@@ -26,6 +25,8 @@ from .fingerprint import Group, group_entries
 PAGE = 50
 GROUP_SAMPLE = 500  # latest matching entries grouped by fingerprint (view=groups)
 MAX_SELECTED = 1000
+# What JSON calls whitespace; the API would refuse a payload wrapped in any other (NBSP, say).
+JSON_WHITESPACE = " \t\n\r"
 WINDOWS = {"15m": 900, "1h": 3600, "6h": 21600, "24h": 86400, "7d": 604800}
 
 
@@ -276,26 +277,13 @@ async def edit(request: web.Request) -> web.StreamResponse:
 
 
 def validate_json(text: str, max_bytes: int) -> bytes:
-    """The edited payload as bytes, if it is one strict JSON value: no NaN or Infinity, no
-    duplicate keys, within the ingest size limit."""
-
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        keys = [k for k, _ in pairs]
-        if len(keys) != len(set(keys)):
-            raise ValueError("the JSON has a duplicate key")
-        return dict(pairs)
-
-    def no_constants(name: str) -> Any:
-        raise ValueError(f"{name} is not valid JSON")
-
-    body = text.strip().encode("utf-8")
+    """The edited payload as bytes, if the API would take it as a message's payload (the
+    ingest rule: strict JSON, nesting and digit limits) within the ingest size limit."""
+    body = text.strip(JSON_WHITESPACE).encode("utf-8", "surrogatepass")
     if len(body) > max_bytes:
         raise ValueError(f"the payload is larger than {max_bytes:,} bytes")
     try:
-        json.loads(body, object_pairs_hook=no_duplicates, parse_constant=no_constants)
-    except json.JSONDecodeError as exc:
-        where = f"line {exc.lineno}, column {exc.colno}"
-        raise ValueError(f"invalid JSON: {exc.msg} at {where}") from None
-    except RecursionError:
-        raise ValueError("the JSON is nested too deeply") from None
+        strictjson.check_payload(body)
+    except strictjson.JsonError as exc:
+        raise ValueError(f"the payload is not valid JSON: {exc}") from None
     return body

@@ -80,6 +80,20 @@ def check_depth(raw: bytes, limit: int = MAX_DEPTH) -> None:
         _walk_depth(_decode_any(raw), limit)
 
 
+def check_payload_depth(payload: bytes, depth: int) -> None:
+    """Raise JsonError if `payload`, found `depth` levels down an ingest body (1: a single
+    message's payload or event's data, 2: a batch item's), makes the body nest deeper than
+    MAX_DEPTH. The rest of the rule `check` has already applied to the whole body."""
+    check_depth(payload, MAX_DEPTH - depth)
+
+
+def check_payload(payload: bytes) -> None:
+    """Raise JsonError unless ingest would take `payload` as the payload of one message: for
+    a payload given on its own (the console's edited replay), the API's rule exactly."""
+    check(payload, depth=False)
+    check_payload_depth(payload, 1)
+
+
 def _walk_depth(value: Any, limit: int) -> None:
     level = [value]
     depth = 0

@@ -3,6 +3,8 @@ security headers, and every action's effect seen through the Dispatcher."""
 
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -381,13 +383,19 @@ async def test_bad_replay_rate_replays_nothing(client: Client, rec: Receiver) ->
     assert await dispatcher.dlq_count(DlqFilter()) == 1
 
 
+async def edit_form(client: Client, rec: Receiver, payload: bytes) -> tuple[dict[str, str], str]:
+    """One dead letter with `payload` in `email`, an operator logged in: the edit form's
+    fields and the CSRF token."""
+    rec.script = refuse
+    (old,) = await dead_letters(dispatcher_of(client), [("user.a", payload)])
+    rec.script = None
+    return {"pool": "email", "id": old}, await login(client)
+
+
 async def test_edit_payload_then_replay(client: Client, rec: Receiver) -> None:
     dispatcher = dispatcher_of(client)
-    rec.script = refuse
-    (old,) = await dead_letters(dispatcher, [("user.a", b'{"email": "bad@"}')])
-    rec.script = None
-    csrf = await login(client)
-    form = {"pool": "email", "id": old}
+    form, csrf = await edit_form(client, rec, b'{"email": "bad@"}')
+    old = form["id"]
     for bad in ('{"a": 1', '{"a": 1, "a": 2}', '{"a": NaN}', ""):
         response = await post(client, "/console/dlq/edit", {**form, "payload": bad}, csrf=csrf)
         assert response.headers["Location"] == f"/console/dlq/email/{old}"
@@ -410,6 +418,50 @@ async def test_edit_payload_then_replay(client: Client, rec: Receiver) -> None:
     labels = {"pool": "email"}
     assert registry.get_sample_value("dispatcher_dlq_replayed_total", labels) == 1
     assert registry.get_sample_value("dispatcher_dlq_purged_total", labels) == 0
+
+
+# The same payloads, refused by ingest and by the console's edited replay for the same reason:
+# the console checks an edited payload with ingest's rule (strictjson.check_payload).
+REFUSED_BY_BOTH = {
+    "nested too deep": "[" * 64 + "]" * 64,  # 65 levels with the message around it
+    "a 5,000-digit number": "[1." + "0" * 5000 + "]",
+    "a duplicate key": '{"a": 1, "a": 2}',
+    "NaN": "[NaN]",
+}
+TAKEN_BY_BOTH = "[" * 63 + "]" * 63  # 64 levels with the message around it: the limit
+
+
+async def test_the_console_refuses_what_the_api_refuses(client: Client, rec: Receiver) -> None:
+    dispatcher = dispatcher_of(client)
+    form, csrf = await edit_form(client, rec, b"{}")
+    old = form["id"]
+    bearer = {"Authorization": f"Bearer {ADMIN}"}
+    api_prefix, console_prefix = "the body is not valid JSON: ", "the payload is not valid JSON: "
+    for what, payload in REFUSED_BY_BOTH.items():
+        body = f'{{"tag": "user.b", "payload": {payload}}}'
+        api = await client.post("/v1/messages", data=body, headers=bearer)
+        assert api.status == 400, what
+        reason = (await api.json())["detail"].removeprefix(api_prefix)
+        edit = await post(client, "/console/dlq/edit", {**form, "payload": payload}, csrf=csrf)
+        assert edit.headers["Location"] == f"/console/dlq/email/{old}", what
+        page = await (await client.get(edit.headers["Location"])).text()
+        flash = re.search(r"Not replayed: (.*?)</div>", page)
+        assert flash, what
+        # where a byte offset is named, the message around the payload shifts it
+        assert _unplaced(html.unescape(flash[1])) == _unplaced(console_prefix + reason), what
+    assert await dispatcher.dlq_count(DlqFilter()) == 1  # nothing was replayed
+
+    body = f'{{"tag": "user.b", "payload": {TAKEN_BY_BOTH}}}'
+    api = await client.post("/v1/messages", data=body, headers=bearer)
+    assert api.status == 202
+    edit = await post(client, "/console/dlq/edit", {**form, "payload": TAKEN_BY_BOTH}, csrf=csrf)
+    assert edit.headers["Location"].startswith("/console/messages/")
+    await rec.wait_for(3)  # the failed one, the API's and the replayed one
+    assert rec.requests[-1].body == rec.requests[-2].body == TAKEN_BY_BOTH.encode()
+
+
+def _unplaced(reason: str) -> str:
+    return re.sub(r" \(byte \d+\)", "", reason)
 
 
 async def test_payload_markup_is_only_text(client: Client, rec: Receiver) -> None:

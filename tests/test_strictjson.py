@@ -33,3 +33,12 @@ def test_strict_json_passes(body: bytes) -> None:
 def test_strict_json_refuses(body: bytes, why: str) -> None:
     with pytest.raises(JsonError, match=why):
         strictjson.check(body)
+
+
+def test_a_payload_alone_gets_the_rule_of_a_payload_in_a_message() -> None:
+    strictjson.check_payload(b"[" * 63 + b"]" * 63)  # 64 levels inside {"payload": ...}
+    with pytest.raises(JsonError, match="nesting deeper than 64"):
+        strictjson.check_payload(b"[" * 64 + b"]" * 64)
+    for body, why in REFUSED:
+        with pytest.raises(JsonError, match=why):
+            strictjson.check_payload(body)

@@ -156,7 +156,7 @@ def check_tag(tag: str, pointer: str) -> None:
 def check_payload_depth(payload: bytes, depth: int, pointer: str) -> None:
     """The payload sits `depth` levels deep in the document; the whole may nest 64 deep."""
     try:
-        strictjson.check_depth(payload, strictjson.MAX_DEPTH - depth)
+        strictjson.check_payload_depth(payload, depth)
     except strictjson.JsonError as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}", pointer=pointer) from None
 
