@@ -16,6 +16,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from dispatcher.auth import scope_allows
+
 IDLE_TIMEOUT = 8 * 3600.0  # seconds without a request before a session ends
 MAX_AGE = 24 * 3600.0  # seconds after login a session ends regardless
 MAX_SESSIONS = 10_000  # the oldest are dropped beyond this, so memory stays bounded
@@ -32,8 +34,7 @@ class Session:
     flashes: list[tuple[str, str]] = field(default_factory=list)  # (kind, text)
 
     def allows(self, scope: str) -> bool:
-        """Same rule as the API's Principal: admin implies every scope."""
-        return scope in self.scopes or "admin" in self.scopes
+        return scope_allows(self.scopes, scope)
 
     @property
     def role(self) -> str:

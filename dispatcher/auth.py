@@ -11,10 +11,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import TypeVar
 
 from .config import AuthConfig, Scope, token_value
+
+
+def scope_allows(scopes: Collection[str], scope: str) -> bool:
+    """The one scope rule, for API tokens and console sessions alike: admin implies every
+    scope; the others imply nothing but themselves."""
+    return scope in scopes or "admin" in scopes
 
 
 class Principal:
@@ -25,7 +31,7 @@ class Principal:
         self.scopes = frozenset(scopes)
 
     def allows(self, scope: str) -> bool:
-        return scope in self.scopes or "admin" in self.scopes
+        return scope_allows(self.scopes, scope)
 
 
 ANONYMOUS = Principal("anonymous", ("produce", "read", "operate", "admin"))

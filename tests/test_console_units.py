@@ -11,6 +11,7 @@ from console.fmt import age, payload_text, rate
 from console.pools import parse_throttle
 from console.sampler import sparkline
 from console.sessions import IDLE_TIMEOUT, LoginLimiter, Sessions
+from dispatcher.auth import Principal
 from dispatcher.message import DeadReason, DlqEntry, Message
 
 
@@ -52,6 +53,14 @@ def test_sparkline_scales_into_its_box() -> None:
     assert sparkline([5.0], width=10, height=10).startswith("M0,")
     flat = sparkline([0.0, 0.0, 0.0], width=10, height=10)
     assert flat == "M0.0,9.0 L5.0,9.0 L10.0,9.0"
+
+
+@pytest.mark.parametrize("scopes", [[], ["read"], ["read", "operate"], ["admin"], ["produce"]])
+def test_a_session_and_its_token_allow_the_same(scopes: list[str]) -> None:
+    session, principal = Sessions().create("alice", scopes), Principal("alice", scopes)
+    for scope in ("produce", "read", "operate", "admin"):
+        assert session.allows(scope) == principal.allows(scope), scope
+    assert session.allows("operate") == ("operate" in scopes or "admin" in scopes)
 
 
 def test_sessions_rotate_expire_and_check_csrf() -> None:
