@@ -49,17 +49,12 @@ def percent(ratio: float) -> str:
 
 
 def when(epoch: float | None) -> str:
-    """UTC, to the second: operators compare these with logs and traces."""
+    """A display format, not the API's RFC 3339 (that is `dispatcher.timefmt`): UTC to the
+    second, `2026-11-22 10:00:00Z`, which operators compare with logs and traces."""
     if epoch is None:
         return "—"
     moment = dt.datetime.fromtimestamp(epoch, dt.UTC)
     return moment.strftime("%Y-%m-%d %H:%M:%S") + "Z"
-
-
-def iso(epoch: float | None) -> str:
-    if epoch is None:
-        return ""
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="milliseconds")
 
 
 def number(n: int | float) -> str:
@@ -101,7 +96,6 @@ FILTERS: dict[str, Any] = {
     "rate": rate,
     "percent": percent,
     "when": when,
-    "iso": iso,
     "number": number,
     "preview": preview,
 }

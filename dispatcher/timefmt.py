@@ -1,11 +1,23 @@
-"""RFC 3339 times for the API: epoch seconds in, `2026-11-22T10:00:00.123Z` out, and back."""
+"""RFC 3339 times for the API and the logs: epoch seconds in, `2026-11-22T10:00:00.123Z`
+out, and back."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import overload
+
+
+@overload
+def rfc3339(epoch: float) -> str: ...
+@overload
+def rfc3339(epoch: None) -> None: ...
+@overload
+def rfc3339(epoch: float | None) -> str | None: ...
 
 
 def rfc3339(epoch: float | None) -> str | None:
+    """Epoch seconds as UTC to the millisecond, `Z` for the offset: the one
+    format of times in API bodies and in log lines."""
     if epoch is None:
         return None
     return (
