@@ -1,13 +1,20 @@
-"""Structured logs: one JSON object per line on stdout, human-readable lines on a TTY.
+"""Logs: one JSON object per line for machines, or short lines for a person at a terminal.
 
 Each record carries what is known where it was logged: the message id, pool and attempt
 (from `extra=` or from the attempt being delivered, which `LogContextMiddleware` keeps in a
 context variable), the trace and span ids (of the current span, else of the message's
 creation context) and the asyncio task's name (`pool:email:worker:3`).
 
-Records are formatted on the thread that logs them (context variables live there) and
-written by a writer thread, so a slow or full stdout never blocks the event loop.
-Payloads, tokens and webhook secrets are never put in a record; the fields are a fixed list.
+Two renderings of one record, `dispatcher serve --log-format json|text`; by default JSON when
+stdout is not a terminal (a collector reads it) and text when it is (`default_format`):
+
+    {"time":"2026-11-22T10:00:00.123Z","level":"info","logger":"dispatcher.delivery",...}
+    10:00:00.123 INFO    dispatcher.delivery: attempt timeout, retry in 1.2s: ... pool=email
+
+Records are formatted on the thread that logs them (context variables live there) by the
+standard library's QueueHandler and written by its QueueListener's thread, so a slow or
+full stdout never blocks the event loop. Payloads, tokens and webhook secrets are never put
+in a record; the fields are a fixed list.
 """
 
 from __future__ import annotations
@@ -16,23 +23,28 @@ import asyncio
 import logging
 import queue
 import sys
-import threading
-import time
 from contextvars import ContextVar, Token
-from typing import IO, Any
+from logging.handlers import QueueHandler, QueueListener
+from typing import IO, Any, Literal
 
 import msgspec
 from opentelemetry import trace
 
 from ..message import Completion, Job
 from ..middleware import Middleware
+from ..timefmt import rfc3339
 
 #: The job being attempted on this task (its attempt number is job.attempts + 1).
 current_attempt: ContextVar[Job | None] = ContextVar("dispatcher_attempt", default=None)
 
 FIELDS = ("message_id", "pool", "attempt", "trace_id", "span_id", "task")
+# A person reads the line next to its neighbours: the task repeats the pool, and a span id
+# is only useful in a trace UI, which the trace id already leads to.
+TEXT_SKIPS = frozenset({"task", "span_id"})
 _encoder = msgspec.json.Encoder()
 log = logging.getLogger("dispatcher.delivery")
+
+LogFormat = Literal["json", "text"]
 
 
 def context_fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -63,7 +75,7 @@ def context_fields(record: logging.LogRecord) -> dict[str, Any]:
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "time": _timestamp(record.created),
+            "time": rfc3339(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -74,97 +86,91 @@ class JsonFormatter(logging.Formatter):
         return _encoder.encode(out).decode()
 
 
-class HumanFormatter(logging.Formatter):
+class TextFormatter(logging.Formatter):
+    """`HH:MM:SS.mmm LEVEL logger: message key=value ...`; the time of day is the JSON line's
+    (UTC, as the console shows times), a traceback follows on its own lines."""
+
     def format(self, record: logging.LogRecord) -> str:
-        line = (
-            f"{_timestamp(record.created)} {record.levelname:<7} {record.name}: "
-            f"{record.getMessage()}"
-        )
-        extra = " ".join(f"{k}={v}" for k, v in context_fields(record).items() if k != "task")
+        clock = rfc3339(record.created)[11:23]
+        line = f"{clock} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        fields = context_fields(record)
+        extra = " ".join(f"{k}={v}" for k, v in fields.items() if k not in TEXT_SKIPS)
         if extra:
-            line = f"{line}  [{extra}]"
+            line = f"{line} {extra}"
         if record.exc_info:
             line = f"{line}\n{self.formatException(record.exc_info)}"
         return line
 
 
-def _timestamp(created: float) -> str:
-    ms = int(created * 1000) % 1000
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{ms:03d}Z"
+FORMATTERS: dict[LogFormat, type[logging.Formatter]] = {
+    "text": TextFormatter,
+    "json": JsonFormatter,
+}
 
 
-class _Handoff(logging.Handler):
-    """Formats on the logging thread (context variables live there), hands the line over."""
-
-    def __init__(self, lines: queue.SimpleQueue[str | None]) -> None:
-        super().__init__()
-        self._lines = lines
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self._lines.put_nowait(self.format(record))
-        except Exception:
-            self.handleError(record)
+def default_format(stream: IO[str]) -> LogFormat:
+    """Text for a person at a terminal, JSON lines for a pipe or a file."""
+    isatty = getattr(stream, "isatty", None)
+    return "text" if isatty is not None and isatty() else "json"
 
 
-class _Writer(threading.Thread):
-    """Writes lines to the stream; a full pipe stalls this thread, never the event loop."""
+class _Lines(logging.StreamHandler[IO[str]]):
+    """Writes the lines QueueHandler formatted, on the listener's thread: a full pipe stalls
+    that thread, never the event loop."""
 
-    def __init__(self, lines: queue.SimpleQueue[str | None], stream: IO[str]) -> None:
-        super().__init__(name="dispatcher-log-writer", daemon=True)
-        self._lines = lines
-        self._stream = stream
+    def handleError(self, record: logging.LogRecord) -> None:
+        # stdout closed or gone: drop the line and keep running (there is nowhere to say so)
+        if not isinstance(sys.exc_info()[1], OSError | ValueError):
+            super().handleError(record)
 
-    def run(self) -> None:
-        while True:
-            batch = [self._lines.get()]  # then whatever else is queued, and one flush
-            while batch[-1] is not None and not self._lines.empty():
-                batch.append(self._lines.get_nowait())
-            try:
-                for line in batch:
-                    if line is not None:
-                        self._stream.write(line + "\n")
-                self._stream.flush()
-            except (OSError, ValueError):  # stdout closed or gone: drop, keep running
-                pass
-            if batch[-1] is None:
-                return
+
+class _Listener(QueueListener):
+    """The standard listener, with its thread named and a stop that gives up after a while."""
+
+    def start(self) -> None:
+        super().start()
+        if self._thread is not None:
+            self._thread.name = "dispatcher-log-writer"
+
+    def stop_within(self, timeout: float) -> None:
+        # QueueListener.stop would wait for ever on a reader that stopped reading our stdout.
+        self.enqueue_sentinel()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
 
 
 class Logging:
     """The process's log output, made by `configure`."""
 
-    def __init__(
-        self, handler: logging.Handler, writer: _Writer, lines: queue.SimpleQueue[str | None]
-    ) -> None:
+    def __init__(self, handler: logging.Handler, listener: _Listener) -> None:
         self.handler = handler
-        self._writer = writer
-        self._lines = lines
+        self._listener = listener
 
     def stop(self, timeout: float = 2.0) -> None:
         """Detach and flush, waiting at most `timeout` (a reader that stopped reading our
         stdout must not keep the process from exiting)."""
         logging.getLogger().removeHandler(self.handler)
-        self._lines.put(None)
-        self._writer.join(timeout)
+        self._listener.stop_within(timeout)
 
 
-def configure(level: str | int = "INFO", stream: IO[str] | None = None) -> Logging:
-    """Send the root logger's records to `stream` (stdout): JSON lines, or human-readable
-    lines when it is a TTY. Replaces the root logger's handlers."""
+def configure(
+    level: str | int = "INFO", stream: IO[str] | None = None, log_format: LogFormat | None = None
+) -> Logging:
+    """Send the root logger's records to `stream` (stdout) in `log_format` (by default the
+    stream's, see `default_format`). Replaces the root logger's handlers."""
     stream = stream if stream is not None else sys.stdout
-    lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-    handler = _Handoff(lines)
-    tty = getattr(stream, "isatty", None)
-    handler.setFormatter(HumanFormatter() if tty is not None and tty() else JsonFormatter())
-    writer = _Writer(lines, stream)
+    records: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
+    handler = QueueHandler(records)
+    handler.setFormatter(FORMATTERS[log_format or default_format(stream)]())
+    listener = _Listener(records, _Lines(stream))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
-    writer.start()
-    return Logging(handler, writer, lines)
+    listener.start()
+    return Logging(handler, listener)
 
 
 class LogContextMiddleware(Middleware):
