@@ -32,6 +32,11 @@ def _parser() -> argparse.ArgumentParser:
         "--no-demo-traffic", action="store_true", help="with no config: generate no messages"
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    serve.add_argument(
+        "--log-format",
+        choices=list(logs.FORMATTERS),
+        help="text lines for a person or JSON lines (default: text on a terminal, else JSON)",
+    )
     check = sub.add_parser("check-config", help="validate a config and print it, redacted")
     check.add_argument("file", metavar="FILE")
     return parser
@@ -68,7 +73,7 @@ def _load(args: argparse.Namespace) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    output = logs.configure(args.log_level)  # JSON lines on stdout; human on a TTY
+    output = logs.configure(args.log_level, log_format=args.log_format)
     try:
         try:
             settings = _load(args)

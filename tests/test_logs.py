@@ -1,5 +1,5 @@
-"""Structured logs: JSON lines with the attempt's context, human lines on a TTY, a counter for
-every warning, and never a payload or a secret."""
+"""Logs: JSON lines with the attempt's context, text lines on a TTY or when asked (the same
+record either way), a counter for every warning, and never a payload or a secret."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import asyncio
 import io
 import json
 import logging
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from dispatcher import Dispatcher, Publish
+from dispatcher import Dispatcher, Publish, cli
 from dispatcher.config import settings_from_dict
 from dispatcher.message import Message
 from dispatcher.observe import logs
@@ -123,3 +125,93 @@ def test_json_formatter_outside_an_attempt() -> None:
     assert out["message"] == "boom x"
     assert out["level"] == "error"
     assert "message_id" not in out
+
+
+def _record(exc_info: Any = None) -> logging.LogRecord:
+    record = logging.LogRecord(
+        "dispatcher.delivery",
+        logging.WARNING,
+        __file__,
+        1,
+        "dead-lettered: %s",
+        ("HTTP 400",),
+        exc_info,
+    )
+    record.created = 1_795_341_600.123456  # 2026-11-22T10:00:00.123Z
+    extra = {"message_id": "m1", "pool": "email", "attempt": 3, "span_id": "00f067aa0ba902b7"}
+    record.__dict__.update(extra, trace_id=TRACE_ID, task="pool:email:worker:0")
+    return record
+
+
+def test_both_formats_render_one_record() -> None:
+    record = _record()
+    out = json.loads(logs.FORMATTERS["json"]().format(record))
+    assert out == {
+        "time": "2026-11-22T10:00:00.123Z",
+        "level": "warning",
+        "logger": "dispatcher.delivery",
+        "message": "dead-lettered: HTTP 400",
+        "message_id": "m1",
+        "pool": "email",
+        "attempt": 3,
+        "trace_id": TRACE_ID,
+        "span_id": "00f067aa0ba902b7",
+        "task": "pool:email:worker:0",
+    }
+    assert logs.FORMATTERS["text"]().format(record) == (
+        "10:00:00.123 WARNING dispatcher.delivery: dead-lettered: HTTP 400"
+        f" message_id=m1 pool=email attempt=3 trace_id={TRACE_ID}"
+    )
+
+
+def test_text_puts_a_traceback_under_its_line() -> None:
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        record = _record(sys.exc_info())
+    first, *rest = logs.FORMATTERS["text"]().format(record).splitlines()
+    assert first.startswith("10:00:00.123 WARNING dispatcher.delivery: dead-lettered")
+    assert rest[0] == "Traceback (most recent call last):"
+    assert rest[-1] == "RuntimeError: boom"
+
+
+def test_the_default_format_follows_isatty() -> None:
+    assert logs.default_format(Tty()) == "text"
+    assert logs.default_format(io.StringIO()) == "json"
+    assert logs.default_format(object()) == "json"  # type: ignore[arg-type]  # no isatty at all
+
+
+@pytest.mark.usefixtures("restore_root")
+@pytest.mark.parametrize(("stream", "forced"), [(Tty(), "json"), (io.StringIO(), "text")])
+def test_a_forced_format_wins_over_the_stream(stream: io.StringIO, forced: logs.LogFormat) -> None:
+    output = logs.configure("INFO", stream, log_format=forced)
+    logging.getLogger("tests.forced").info("hello")
+    output.stop()
+    (line,) = stream.getvalue().splitlines()
+    assert line.startswith("{") == (forced == "json")
+    assert "hello" in line
+
+
+@pytest.mark.usefixtures("restore_root")
+@pytest.mark.parametrize("flag", [[], ["--log-format", "text"], ["--log-format", "json"]])
+def test_serve_takes_the_log_format(
+    flag: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    chosen: list[str | None] = []
+    real = logs.configure
+
+    def configure(level: str, log_format: logs.LogFormat | None = None) -> logs.Logging:
+        chosen.append(log_format)
+        return real(level, io.StringIO(), log_format)
+
+    monkeypatch.setattr(logs, "configure", configure)
+    missing = str(tmp_path / "missing.yaml")  # serve stops at the config, after the logs
+    assert cli.main(["serve", "--config", missing, *flag]) == 2
+    assert chosen == [flag[1] if flag else None]
+
+
+def test_serve_refuses_an_unknown_log_format(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["serve", "--log-format", "xml"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'xml'" in capsys.readouterr().err
