@@ -256,7 +256,7 @@ async def test_backlog_limit_refuses_the_eleventh(store_config: dict[str, Any]) 
             assert info.value.retry_after
             await d.update_pool("p", paused=False, actor="t")
             await rec.wait_for(10)
-            await eventually(lambda: d._outstanding["p"] == 0)
+            await eventually(lambda: d._admission.outstanding["p"] == 0)
             await d.publish([msg("t", 11)])
 
 
