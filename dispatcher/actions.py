@@ -10,9 +10,10 @@ actor; a bulk action that fails part-way audits the part that was done, and rais
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
+
+import msgspec
 
 from .admission import Admission
 from .errors import NotFound, PartlyDone, StoreError, Unavailable
@@ -43,8 +44,8 @@ def apply_overrides(pool: Pool, overrides: Mapping[str, Any], *, starting: bool 
     cfg = pool.config
     rate = overrides.get("rate", cfg.rate)
     burst = overrides.get("burst")
-    if burst is None:
-        burst = cfg.burst if cfg.burst is not None else max(1, math.ceil(rate or 1))
+    if burst is None:  # the default burst follows the rate in force, overridden or not
+        burst = msgspec.structs.replace(cfg, rate=rate).effective_burst
     pool.configure(
         rate=rate,
         burst=int(burst),

@@ -309,6 +309,16 @@ async def test_live_changes_persist_across_restart(tmp_path: Path) -> None:
             assert (info.rate, info.concurrency, info.paused) == (100, 4, False)
 
 
+async def test_the_default_burst_follows_the_rate_in_force() -> None:
+    settings = webhook_settings("http://127.0.0.1:9", {"p": {"rate": 10}}, [])
+    async with running(Dispatcher(settings)) as d:
+        assert (await d.pool_info("p")).burst == 10  # one second's worth of the rate
+        info = await d.update_pool("p", rate=100, actor="t")
+        assert (info.rate, info.burst) == (100, 100)
+        info = await d.reset_pool("p", actor="t")
+        assert (info.rate, info.burst) == (10, 10)
+
+
 async def test_pause_hands_the_claimed_window_back_to_the_store(
     store_config: dict[str, Any],
 ) -> None:
