@@ -64,6 +64,7 @@ class Dispatcher:
         sinks: Mapping[str, Sink] | None = None,
         middleware: Sequence[Middleware] = (),
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         random: Callable[[], float] = _random.random,
         observability: bool = True,
         tracer_provider: TracerProvider | None = None,
@@ -75,6 +76,7 @@ class Dispatcher:
         self._sink_overrides = dict(sinks or {})
         self._middleware = list(middleware)
         self._clock = clock
+        self._monotonic = monotonic  # the pools' clock for durations: pace, tokens, timeouts
         self._random = random
         self._ids = IdGenerator()
         self.pools: dict[str, Pool] = {}
@@ -130,6 +132,7 @@ class Dispatcher:
                 sink,
                 self._acker,
                 clock=self._clock,
+                monotonic=self._monotonic,
                 random=self._random,
                 chain=chain,
             )
@@ -155,9 +158,12 @@ class Dispatcher:
         grace = self.settings.server.grace_period if grace is None else grace
         pools = list(self.pools.values())
         await asyncio.gather(*(p.stop_claiming() for p in pools))
-        deadline = time.monotonic() + grace
+        # The grace period bounds real waits: it runs on the event loop's clock, not on the
+        # pools' injectable one.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         for pool in pools:
-            if not await pool.wait_idle(max(0.0, deadline - time.monotonic())):
+            if not await pool.wait_idle(max(0.0, deadline - loop.time())):
                 log.warning("pool %s: attempts still running after the grace period", pool.name)
         abandoned = [job for pool in pools for job in await pool.abort()]
         assert self._acker is not None

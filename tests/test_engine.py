@@ -229,9 +229,12 @@ async def test_hung_sink_is_abandoned_at_timeout_and_retried(
             [{"match": "t", "pools": ["p"]}],
             store=store_config,
         )
-        async with running(Dispatcher(settings)) as d:
+        now = [0.0]  # the pools' clock: the timeout passes when the test says so
+        async with running(Dispatcher(settings, monotonic=lambda: now[0])) as d:
             started = time.monotonic()
             (accepted,) = await d.publish([msg("t")])
+            await rec.wait_for(1)  # the first attempt is hanging
+            now[0] += 0.3
             status = await eventually(lambda: _delivered(d, accepted.id))
             attempts = status.jobs[0].attempts
             assert [a.outcome for a in attempts] == ["timeout", "success"]
