@@ -2,6 +2,9 @@
 
 Its public methods are the one way in for every edge: the HTTP API, the console and the CLI
 call the same `publish`, `pool`, `update_pool`, `dlq_*` methods, so they cannot drift apart.
+It keeps the lifecycle, ingest (route a batch, commit it) and the status reads, and hands the
+rest to its parts: `admission` (room in a pool's backlog, Retry-After), `actions` (operator
+changes and their audit log) and `housekeeping` (free disk space, expiry).
 """
 
 from __future__ import annotations
@@ -9,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import math
 import random as _random
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -19,16 +20,11 @@ from typing import Any
 from opentelemetry.trace import TracerProvider
 
 from .acker import Acker
-from .config import PoolConfig, Settings
-from .errors import (
-    BacklogFull,
-    IdConflict,
-    NotFound,
-    PartlyDone,
-    StoreError,
-    Unavailable,
-    Unroutable,
-)
+from .actions import Actions, apply_overrides, overrides_of
+from .admission import Admission
+from .config import Settings
+from .errors import IdConflict, NotFound, StoreError, Unavailable, Unroutable
+from .housekeeping import Housekeeper
 from .message import (
     Accepted,
     AuditEntry,
@@ -57,7 +53,6 @@ from .stores.instrumented import InstrumentedStore
 log = logging.getLogger("dispatcher")
 
 _UNSET: Any = object()
-_HOUSEKEEPING_INTERVAL = 1.0  # disk-space check; expiry runs every 60 of these
 
 
 class Dispatcher:
@@ -69,6 +64,7 @@ class Dispatcher:
         sinks: Mapping[str, Sink] | None = None,
         middleware: Sequence[Middleware] = (),
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         random: Callable[[], float] = _random.random,
         observability: bool = True,
         tracer_provider: TracerProvider | None = None,
@@ -80,17 +76,15 @@ class Dispatcher:
         self._sink_overrides = dict(sinks or {})
         self._middleware = list(middleware)
         self._clock = clock
+        self._monotonic = monotonic  # the pools' clock for durations: pace, tokens, timeouts
         self._random = random
         self._ids = IdGenerator()
         self.pools: dict[str, Pool] = {}
         self._sinks: dict[str, Sink] = {}
-        self._outstanding: dict[str, int] = {}  # per pool: jobs not yet delivered or dead
         self._attempt_totals: dict[str, list[int]] = {}  # per pool: [succeeded, failed]
         self._acker: Acker | None = None
-        self._housekeeper: asyncio.Task[None] | None = None
         self.draining = False
         self.started = False
-        self._disk_low = False
         # Metrics, traces and log context wrap each delivery as middleware, outermost first
         # (the span is current for log records and metric exemplars); `observability=False`
         # leaves the engine bare (the overhead benchmark's baseline).
@@ -104,6 +98,17 @@ class Dispatcher:
                 observers.insert(0, self.tracing.middleware)
                 self.metrics.middleware.exemplars = True
             self._middleware[:0] = observers
+        self._admission = Admission(self.pools)
+        self._actions = Actions(
+            self.store,
+            self.pools,
+            self._admission,
+            self.metrics,
+            clock=clock,
+            ids=self._ids,
+            check_open=self._check_open,
+        )
+        self._housekeeper = Housekeeper(self.store, settings.store, clock)
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -127,18 +132,19 @@ class Dispatcher:
                 sink,
                 self._acker,
                 clock=self._clock,
+                monotonic=self._monotonic,
                 random=self._random,
                 chain=chain,
             )
-            self._apply_overrides(pool, overrides.get(name, {}), starting=True)
+            apply_overrides(pool, overrides.get(name, {}), starting=True)
             c = counts.get(name, PoolCounts())
-            self._outstanding[name] = c.ready + c.scheduled + c.claimed
+            self._admission.outstanding[name] = c.ready + c.scheduled + c.claimed
             self._attempt_totals[name] = [0, 0]
             self.pools[name] = pool
         self._acker.start()
         for pool in self.pools.values():
             pool.start()
-        self._housekeeper = asyncio.create_task(self._housekeep(), name="housekeeping")
+        self._housekeeper.start()
         if self._observe:
             self.metrics.start()
         self.started = True
@@ -152,9 +158,12 @@ class Dispatcher:
         grace = self.settings.server.grace_period if grace is None else grace
         pools = list(self.pools.values())
         await asyncio.gather(*(p.stop_claiming() for p in pools))
-        deadline = time.monotonic() + grace
+        # The grace period bounds real waits: it runs on the event loop's clock, not on the
+        # pools' injectable one.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         for pool in pools:
-            if not await pool.wait_idle(max(0.0, deadline - time.monotonic())):
+            if not await pool.wait_idle(max(0.0, deadline - loop.time())):
                 log.warning("pool %s: attempts still running after the grace period", pool.name)
         abandoned = [job for pool in pools for job in await pool.abort()]
         assert self._acker is not None
@@ -165,9 +174,7 @@ class Dispatcher:
                 await self.store.release(abandoned)
             except StoreError:
                 log.exception("could not release %d abandoned jobs", len(abandoned))
-        if self._housekeeper is not None:
-            self._housekeeper.cancel()
-            await asyncio.gather(self._housekeeper, return_exceptions=True)
+        await self._housekeeper.stop()
         for sink in self._sinks.values():
             try:
                 await sink.close()
@@ -202,9 +209,8 @@ class Dispatcher:
         Raises Unroutable (no route for a tag), BacklogFull (a pool is full) or Unavailable
         (draining, disk nearly full, store down); then nothing was stored.
         """
-        if self.draining or not self.started:
-            raise Unavailable("the dispatcher is shutting down", retry_after=5.0)
-        if self._disk_low:
+        self._check_open()
+        if self._housekeeper.disk_low:
             raise Unavailable("free disk space is below store.min_free_bytes", retry_after=30.0)
         now = self._clock()
         route = self.router.route
@@ -232,24 +238,21 @@ class Dispatcher:
                 batch.append(NewMessage(message, pools))
             else:  # a producer's id: remembered for the dedup window, with a content digest
                 batch.append(NewMessage(message, pools, _digest(item), now + dedup_window))
-        wanted: dict[str, int] = {}
-        for pools, n in per_route.items():
-            for pool in pools:
-                wanted[pool] = wanted.get(pool, 0) + n
-        self._reserve(wanted)
+        admission = self._admission
+        wanted = admission.reserve_routes(per_route)
         try:
             stored = await self.store.enqueue(batch)
         except StoreError as exc:
-            self._unreserve(wanted)
+            admission.release(wanted)
             raise Unavailable(f"the store is unavailable: {exc}", retry_after=5.0) from exc
         except IdConflict as exc:
-            self._unreserve(wanted)
+            admission.release(wanted)
             exc.pointer = "/id" if len(items) == 1 else f"/{exc.index}/id"
             raise
         results: list[Accepted] = []
         for new, fresh in zip(batch, stored, strict=True):
             if not fresh:
-                self._unreserve(dict.fromkeys(new.pools, 1))
+                admission.release(dict.fromkeys(new.pools, 1))
             results.append(Accepted(new.message.id, new.message.tag, new.pools, not fresh))
         for pool in wanted:
             self.pools[pool].notify()
@@ -257,34 +260,20 @@ class Dispatcher:
             self.metrics.published(wanted, results)
         return results
 
-    def _reserve(self, wanted: Mapping[str, int]) -> None:
-        # Reserve before the await so concurrent requests cannot both squeeze past the limit.
-        for pool, n in wanted.items():
-            limit = self.settings.pools[pool].max_backlog
-            if self._outstanding[pool] + n > limit:
-                raise BacklogFull(pool, limit, retry_after=self._retry_after(pool))
-        for pool, n in wanted.items():
-            self._outstanding[pool] += n
-
-    def _unreserve(self, wanted: Mapping[str, int]) -> None:
-        for pool, n in wanted.items():
-            self._outstanding[pool] -= n
-
-    def _retry_after(self, pool: str) -> float:
-        p = self.pools[pool]
-        if p.paused:
-            return 30.0
-        return 5.0 if p.rate is None else max(1.0, min(60.0, math.ceil(p.concurrency / p.rate)))
+    def _check_open(self) -> None:
+        if self.draining or not self.started:
+            raise Unavailable("the dispatcher is shutting down", retry_after=5.0)
 
     def _applied(self, completions: Sequence[Completion]) -> None:
         """After the acker wrote a batch: update backlog counts, wake pools for retries."""
+        outstanding = self._admission.outstanding
         for c in completions:
             pool = c.job.pool
             self._attempt_totals[pool][c.attempt.outcome != "success"] += 1
             if c.retry_at is not None:
                 self.pools[pool].notify(c.retry_at)
             else:
-                self._outstanding[pool] -= 1
+                outstanding[pool] -= 1
 
     # --- status --------------------------------------------------------------------------
     async def get_message(self, message_id: str) -> MessageStatus | None:
@@ -319,8 +308,13 @@ class Dispatcher:
             max_backlog=pool.config.max_backlog,
             timeout=pool.config.timeout,
             sink=pool.config.sink.__struct_config__.tag,  # type: ignore[arg-type]
-            overrides=self._overrides_of(pool),
+            overrides=overrides_of(pool),
         )
+
+    def attempt_totals(self) -> dict[str, tuple[int, int]]:
+        """Per pool: attempts that succeeded and that failed since start (written ones), from
+        which the console derives throughput and failure rates."""
+        return {pool: (t[0], t[1]) for pool, t in self._attempt_totals.items()}
 
     def _pool(self, name: str) -> Pool:
         try:
@@ -328,7 +322,7 @@ class Dispatcher:
         except KeyError:
             raise NotFound(f"no pool named {name!r}") from None
 
-    # --- operator actions ----------------------------------------------------------------
+    # --- operator actions (changes in actions.py; reads straight from the store) ---------
     async def update_pool(
         self,
         name: str,
@@ -342,61 +336,15 @@ class Dispatcher:
         """Change a pool's throttle or pause it; applies at once, persists, is audited.
         `rate=None` means unlimited."""
         pool = self._pool(name)
-        changes: dict[str, Any] = {}
-        if rate is not _UNSET:
-            changes["rate"] = rate
-        if burst is not _UNSET:
-            changes["burst"] = burst
-        if concurrency is not _UNSET:
-            changes["concurrency"] = concurrency
-        if paused is not _UNSET:
-            changes["paused"] = paused
-        overrides = {**self._overrides_of(pool), **changes}
-        await self.store.save_pool_settings(name, overrides)
-        self._apply_overrides(pool, overrides)
-        if "paused" in changes:
-            await pool.set_paused(bool(changes["paused"]))
-        await self._audit(actor, "pool.update", name, changes)
+        given = {"rate": rate, "burst": burst, "concurrency": concurrency, "paused": paused}
+        changes = {key: value for key, value in given.items() if value is not _UNSET}
+        await self._actions.update_pool(pool, changes, actor=actor)
         return await self.pool_info(name)
 
     async def reset_pool(self, name: str, *, actor: str) -> PoolInfo:
         """Back to the configured rate, burst and concurrency, and running."""
-        pool = self._pool(name)
-        await self.store.save_pool_settings(name, {})
-        self._apply_overrides(pool, {})
-        await pool.set_paused(False)
-        await self._audit(actor, "pool.reset", name, {})
+        await self._actions.reset_pool(self._pool(name), actor=actor)
         return await self.pool_info(name)
-
-    def _overrides_of(self, pool: Pool) -> dict[str, Any]:
-        cfg = pool.config
-        out: dict[str, Any] = {}
-        if pool.rate != cfg.rate:
-            out["rate"] = pool.rate
-        if pool.burst != cfg.effective_burst:
-            out["burst"] = pool.burst
-        if pool.concurrency != cfg.concurrency:
-            out["concurrency"] = pool.concurrency
-        if pool.paused:
-            out["paused"] = True
-        return out
-
-    @staticmethod
-    def _apply_overrides(
-        pool: Pool, overrides: Mapping[str, Any], *, starting: bool = False
-    ) -> None:
-        cfg: PoolConfig = pool.config
-        rate = overrides.get("rate", cfg.rate)
-        burst = overrides.get("burst")
-        if burst is None:
-            burst = cfg.burst if cfg.burst is not None else max(1, math.ceil(rate or 1))
-        pool.configure(
-            rate=rate,
-            burst=int(burst),
-            concurrency=int(overrides.get("concurrency", cfg.concurrency)),
-        )
-        if starting and overrides.get("paused"):
-            pool.paused = True  # nothing claimed yet; at run time set_paused() does the work
 
     async def dlq_list(
         self, selector: DlqFilter, *, limit: int = 50, cursor: str | None = None
@@ -418,48 +366,12 @@ class Dispatcher:
         out (messages per second) so a recovered downstream is not flooded."""
         if dry_run:
             return await self.store.dlq_count(selector)
-        interval = 1.0 / rate if rate else 0.0
-        target = _describe(selector)
-        try:
-            replayed = await self.store.dlq_replay(selector, self._clock(), interval)
-        except PartlyDone as exc:
-            # The chunks committed before the failure are back in their pools: reserve
-            # their backlog (each completion will release it), count and audit them.
-            self._requeued(exc.done, interval)
-            await self._audit_partly(actor, "dlq.replay", target, {"rate": rate}, exc)
-            raise
-        self._requeued(replayed, interval)
-        total = sum(replayed.values())
-        await self._audit(actor, "dlq.replay", target, {"rate": rate}, total)
-        return total
-
-    def _requeued(self, replayed: Mapping[str, int], interval: float) -> None:
-        self.metrics.dlq_replayed(replayed)
-        for pool, n in replayed.items():
-            if pool in self._outstanding:
-                self._outstanding[pool] += n
-                self.pools[pool].notify()
-                if interval:
-                    self.pools[pool].notify(self._clock() + interval)
+        return await self._actions.dlq_replay(selector, actor=actor, rate=rate)
 
     async def dlq_purge(self, selector: DlqFilter, *, actor: str, dry_run: bool = False) -> int:
         if dry_run:
             return await self.store.dlq_count(selector)
-        try:
-            purged = await self.store.dlq_purge(selector)
-        except PartlyDone as exc:
-            self.metrics.dlq_purged(exc.done)
-            await self._audit_partly(actor, "dlq.purge", _describe(selector), {}, exc)
-            raise
-        self.metrics.dlq_purged(purged)
-        total = sum(purged.values())
-        await self._audit(actor, "dlq.purge", _describe(selector), {}, total)
-        return total
-
-    def attempt_totals(self) -> dict[str, tuple[int, int]]:
-        """Per pool: attempts that succeeded and that failed since start (written ones), from
-        which the console derives throughput and failure rates."""
-        return {pool: (t[0], t[1]) for pool, t in self._attempt_totals.items()}
+        return await self._actions.dlq_purge(selector, actor=actor)
 
     async def dlq_replay_edited(
         self, message_id: str, pool: str, payload: bytes, *, actor: str
@@ -468,92 +380,13 @@ class Dispatcher:
         webhook-id), so this enqueues a new message to `pool` only, with a fresh id and the
         header `dispatcher-replay-of: <old id>` as lineage, then purges the old entry.
         Returns the new id."""
-        self._pool(pool)  # NotFound for a pool no longer configured: nowhere to send it
-        selector = DlqFilter(ids=(message_id,), pool=pool)
-        entries, _ = await self.store.dlq_list(selector, 1)
-        if not entries:
-            raise NotFound(f"no dead message {message_id!r} in pool {pool!r}")
-        if self.draining or not self.started:
-            raise Unavailable("the dispatcher is shutting down", retry_after=5.0)
-        old = entries[0].message
-        now = self._clock()
-        headers = {**old.headers, "dispatcher-replay-of": old.id}
-        new = Message(self._ids(), old.tag, payload, now, old.priority, now, headers, old.trace)
-        self._reserve({pool: 1})
-        try:
-            await self.store.enqueue([NewMessage(new, (pool,))])
-        except StoreError as exc:
-            self._unreserve({pool: 1})
-            raise Unavailable(f"the store is unavailable: {exc}", retry_after=5.0) from exc
-        self.pools[pool].notify()
-        # One replay as far as dispatcher_dlq_replayed_total goes: the old entry's removal is
-        # part of it, not an operator purge.
-        self.metrics.dlq_replayed({pool: 1})
-        target = f"{message_id} ({pool})"
-        detail: dict[str, Any] = {"new_id": new.id}
-        try:
-            await self.store.dlq_purge(selector)
-        except StoreError as exc:
-            # The new message is committed and on its way: answer with it. An error would
-            # invite a retry, and a retry would send it again under yet another id. The old
-            # entry stays in the DLQ, and the audit entry says why.
-            log.warning("replayed %s as %s, but the old entry stays: %s", target, new.id, exc)
-            detail["purge_error"] = str(exc)
-        await self._audit_best_effort(actor, "dlq.edit_replay", target, detail, 1)
-        return new.id
+        target = self._pool(pool)  # NotFound for a pool no longer configured: nowhere to send it
+        return await self._actions.dlq_replay_edited(message_id, target, payload, actor=actor)
 
     async def audit_list(
         self, *, limit: int = 50, cursor: str | None = None
     ) -> tuple[list[AuditEntry], str | None]:
         return await self.store.audit_list(limit, cursor)
-
-    async def _audit(
-        self, actor: str, action: str, target: str, detail: dict[str, Any], count: int | None = None
-    ) -> None:
-        entry = AuditEntry(self._clock(), actor, action, target, detail, count)
-        await self.store.audit(entry)
-        log.info("audit: %s %s %s %s", actor, action, target, detail)
-
-    async def _audit_partly(
-        self, actor: str, action: str, target: str, detail: dict[str, Any], exc: PartlyDone
-    ) -> None:
-        """Audit the part of a bulk action that was done before it failed."""
-        detail = {**detail, "error": str(exc)}
-        await self._audit_best_effort(actor, action, target, detail, sum(exc.done.values()))
-
-    async def _audit_best_effort(
-        self, actor: str, action: str, target: str, detail: dict[str, Any], count: int
-    ) -> None:
-        """Audit an action that is done whatever happens next: a store that refuses the
-        entry (it may just have failed the action itself) gets a log line instead."""
-        try:
-            await self._audit(actor, action, target, detail, count)
-        except StoreError as exc:
-            log.warning("audit: %s %s %s %s (not stored: %s)", actor, action, target, detail, exc)
-
-    # --- housekeeping --------------------------------------------------------------------
-    async def _housekeep(self) -> None:
-        ticks = 0
-        data_dir = self.store.data_dir
-        while True:
-            if data_dir is not None:
-                try:
-                    free = (await asyncio.to_thread(shutil.disk_usage, data_dir)).free
-                    low = free < self.settings.store.min_free_bytes
-                    if low != self._disk_low:
-                        log.warning("free disk %s: %d bytes", "low" if low else "ok", free)
-                    self._disk_low = low
-                except OSError:
-                    pass
-            if ticks % 60 == 0:
-                try:
-                    now = self._clock()
-                    # Delivered messages stay `retention` seconds; ids, until their window ends.
-                    await self.store.expire(now - self.settings.store.retention, ids_before=now)
-                except StoreError:
-                    log.exception("expiring delivered messages failed")
-            ticks += 1
-            await asyncio.sleep(_HOUSEKEEPING_INTERVAL)
 
 
 def _digest(item: Publish) -> bytes:
@@ -562,19 +395,3 @@ def _digest(item: Publish) -> bytes:
     h.update(b"\x00")
     h.update(item.payload)
     return h.digest()
-
-
-def _describe(selector: DlqFilter) -> str:
-    if selector.ids is not None:
-        return f"{len(selector.ids)} ids"
-    parts = [
-        f"{k}={v}"
-        for k, v in (
-            ("pool", selector.pool),
-            ("tag", selector.tag),
-            ("error", selector.error),
-            ("since", selector.since),
-        )
-        if v is not None
-    ]
-    return " ".join(parts) or "all"

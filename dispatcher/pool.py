@@ -10,6 +10,11 @@ feeder task refills the window when it runs low and sleeps, when nothing is read
 work is announced (`notify`) or the next scheduled job is due. A watchdog cancels attempts
 that outlive the pool's timeout, which costs nothing per message (unlike one timer each).
 Rate, burst, concurrency and pause change at run time without restarting anything.
+
+Both clocks are passed in, as the policies take theirs: `clock` (wall time) for schedules and
+attempt timestamps, `monotonic` for what is measured (the pace, rate tokens, an attempt's
+duration and timeout), so a test moves time by hand instead of sleeping. The waits themselves
+(for a token, the watchdog's poll) run on the event loop.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ class Pool:
         acker: Acker,
         *,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         random: Callable[[], float] = _random.random,
         chain: Chain | None = None,
     ) -> None:
@@ -78,7 +84,8 @@ class Pool:
         self._store = store
         self._sink = sink
         self._acker = acker
-        self._clock = clock
+        self._clock = clock  # wall time: schedules, attempt timestamps
+        self._monotonic = monotonic  # durations: pacing, rate tokens, attempt timeouts
         self._random = random
         self._chain = chain or Chain(())
         # Live settings (the API and console change these).
@@ -89,10 +96,10 @@ class Pool:
         # Live state, read by stats and metrics.
         self.busy = 0
         self.rate_wait_seconds = 0.0
-        self._bucket = TokenBucket(self.rate, self.burst, time.monotonic())
+        self._bucket = TokenBucket(self.rate, self.burst, monotonic())
         self._window: deque[Job] = deque()
         self._started = 0  # jobs taken from the window since the last claim
-        self._paced_at = time.monotonic()
+        self._paced_at = monotonic()
         self._workers: dict[int, _Worker] = {}
         self._stopping = False
         self._generation = 0  # bumped by notify(); tells the feeder its "nothing ready" is stale
@@ -122,7 +129,7 @@ class Pool:
         """Size the window to about _WINDOW_SECONDS of work at the pace jobs were started
         since the last claim: bigger claims when the pool is fast, never more than that
         much work (and so delay for a later, higher-priority message) held in memory."""
-        now = time.monotonic()
+        now = self._monotonic()
         elapsed = now - self._paced_at
         if elapsed > 0.0:
             pace = self._started / elapsed
@@ -203,7 +210,7 @@ class Pool:
 
     def configure(self, *, rate: float | None, burst: int, concurrency: int) -> None:
         self.rate, self.burst = rate, burst
-        self._bucket.configure(rate, burst, time.monotonic())
+        self._bucket.configure(rate, burst, self._monotonic())
         self._wake_throttled()
         if concurrency != self.concurrency:
             self.concurrency = concurrency
@@ -320,19 +327,20 @@ class Pool:
             await self._attempt(worker, job)
 
     async def _take_token(self) -> bool:
+        monotonic = self._monotonic
         while True:
-            wait = self._bucket.take(time.monotonic())
+            wait = self._bucket.take(monotonic())
             if wait <= 0.0:
                 return True
-            started = time.monotonic()
+            started = monotonic()
             changed = self._throttle_changed
             try:
                 async with asyncio.timeout(wait):
                     await changed.wait()
             except TimeoutError:
-                self.rate_wait_seconds += time.monotonic() - started
+                self.rate_wait_seconds += monotonic() - started
                 return not (self.paused or self._stopping)
-            self.rate_wait_seconds += time.monotonic() - started
+            self.rate_wait_seconds += monotonic() - started
             if self.paused or self._stopping or self.rate is None:
                 return not (self.paused or self._stopping)
             # The throttle changed while we waited: ask the reconfigured bucket again.
@@ -348,7 +356,7 @@ class Pool:
         worker.job = job
         worker.timed_out = False
         self.busy += 1
-        worker.started = start = time.monotonic()
+        worker.started = start = self._monotonic()
         try:
             await self._sink.deliver(job, n)
             outcome = Outcome.SUCCESS
@@ -379,7 +387,7 @@ class Pool:
                 task.uncancel()
             outcome = Outcome.TIMEOUT
             error = f"timed out after {self.config.timeout:g}s"
-        duration = time.monotonic() - start
+        duration = self._monotonic() - start
         worker.job = None
         if error is not None:
             error = clean_error(error)
@@ -401,7 +409,7 @@ class Pool:
         while True:
             timeout = self.config.timeout
             await asyncio.sleep(min(0.25, max(0.005, timeout / 20)))
-            now = time.monotonic()
+            now = self._monotonic()
             for worker in list(self._workers.values()):
                 started = worker.started
                 if started is not None and not worker.timed_out and now - started >= timeout:

@@ -229,9 +229,12 @@ async def test_hung_sink_is_abandoned_at_timeout_and_retried(
             [{"match": "t", "pools": ["p"]}],
             store=store_config,
         )
-        async with running(Dispatcher(settings)) as d:
+        now = [0.0]  # the pools' clock: the timeout passes when the test says so
+        async with running(Dispatcher(settings, monotonic=lambda: now[0])) as d:
             started = time.monotonic()
             (accepted,) = await d.publish([msg("t")])
+            await rec.wait_for(1)  # the first attempt is hanging
+            now[0] += 0.3
             status = await eventually(lambda: _delivered(d, accepted.id))
             attempts = status.jobs[0].attempts
             assert [a.outcome for a in attempts] == ["timeout", "success"]
@@ -256,7 +259,7 @@ async def test_backlog_limit_refuses_the_eleventh(store_config: dict[str, Any]) 
             assert info.value.retry_after
             await d.update_pool("p", paused=False, actor="t")
             await rec.wait_for(10)
-            await eventually(lambda: d._outstanding["p"] == 0)
+            await eventually(lambda: d._admission.outstanding["p"] == 0)
             await d.publish([msg("t", 11)])
 
 
@@ -307,6 +310,16 @@ async def test_live_changes_persist_across_restart(tmp_path: Path) -> None:
             assert (info.rate, info.burst, info.concurrency, info.paused) == (5, 2, 2, True)
             info = await d.reset_pool("p", actor="t")
             assert (info.rate, info.concurrency, info.paused) == (100, 4, False)
+
+
+async def test_the_default_burst_follows_the_rate_in_force() -> None:
+    settings = webhook_settings("http://127.0.0.1:9", {"p": {"rate": 10}}, [])
+    async with running(Dispatcher(settings)) as d:
+        assert (await d.pool_info("p")).burst == 10  # one second's worth of the rate
+        info = await d.update_pool("p", rate=100, actor="t")
+        assert (info.rate, info.burst) == (100, 100)
+        info = await d.reset_pool("p", actor="t")
+        assert (info.rate, info.burst) == (10, 10)
 
 
 async def test_pause_hands_the_claimed_window_back_to_the_store(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 from dispatcher.acker import Acker
@@ -13,31 +12,35 @@ from dispatcher.sinks.log import LogSink
 from dispatcher.stores.memory import MemoryStore
 
 
-def _pool(concurrency: int) -> Pool:
+def _pool(concurrency: int, now: list[float]) -> Pool:
+    """A pool whose monotonic clock reads `now[0]`: time passes when a test says so."""
     store = MemoryStore()
     config = PoolConfig(sink=LogSinkConfig(), concurrency=concurrency)
-    return Pool("p", config, store, LogSink("p", LogSinkConfig()), Acker(store, lambda _: None))
+    sink = LogSink("p", LogSinkConfig())
+    return Pool("p", config, store, sink, Acker(store, lambda _: None), monotonic=lambda: now[0])
 
 
-def _paced(pool: Pool, started: int, seconds: float) -> int:
+def _paced(pool: Pool, now: list[float], started: int, seconds: float) -> int:
+    """The window size after `started` jobs in `seconds` since the last claim."""
     pool._started = started
-    pool._paced_at = time.monotonic() - seconds
+    now[0] += seconds
     pool._pace_window()
     return pool.window_size
 
 
 def test_the_window_follows_the_pace_within_its_bounds() -> None:
-    pool = _pool(concurrency=16)
+    now = [0.0]
+    pool = _pool(concurrency=16, now=now)
     assert pool.window_size == 128  # 8 per worker
-    assert _paced(pool, started=50, seconds=1.0) == 128  # slow: the floor
-    assert _paced(pool, started=20_000, seconds=1.0) in range(1990, 2001)  # ~0.1 s of work
+    assert _paced(pool, now, started=50, seconds=1.0) == 128  # slow: the floor
+    assert _paced(pool, now, started=20_000, seconds=1.0) == 2000  # 0.1 s of work
     assert pool._low_water == pool.window_size // 2
-    assert _paced(pool, started=10**6, seconds=1.0) == 4096  # the ceiling
-    assert _paced(pool, started=0, seconds=5.0) == 128  # idle again
+    assert _paced(pool, now, started=10**6, seconds=1.0) == 4096  # the ceiling
+    assert _paced(pool, now, started=0, seconds=5.0) == 128  # idle again
 
 
 async def test_the_floor_follows_concurrency() -> None:
-    pool = _pool(concurrency=4)
+    pool = _pool(concurrency=4, now=[0.0])
     assert pool.window_size == 64
     pool.configure(rate=None, burst=1, concurrency=200)  # starts workers
     try:
@@ -47,7 +50,8 @@ async def test_the_floor_follows_concurrency() -> None:
 
 
 async def test_a_window_paced_below_what_it_holds_claims_nothing() -> None:
-    pool = _pool(concurrency=8)
+    now = [0.0]
+    pool = _pool(concurrency=8, now=now)
     store = pool._store
     await store.open()
     claims: list[int] = []
@@ -60,7 +64,7 @@ async def test_a_window_paced_below_what_it_holds_claims_nothing() -> None:
     store.claim = counting_claim  # type: ignore[method-assign,assignment]
     pool._window.extend([None] * 100)  # type: ignore[list-item]  # more than the floor of 64
     pool._low_water = 200  # as a fast phase left it
-    pool._started, pool._paced_at = 0, time.monotonic() - 10.0  # and now slow: floor again
+    now[0] += 10.0  # and nothing started for 10 s: the floor again
     pool._feeder = asyncio.create_task(pool._feed_loop())
     try:
         await asyncio.sleep(0.05)

@@ -286,7 +286,7 @@ async def test_a_replay_that_fails_part_way_accounts_for_what_it_did(
         assert failed.value.done == {"p": 2}
         assert await d.dlq_count(DlqFilter()) == 3
         # the backlog reservation matches the store: 2 queued again, none lost or doubled
-        assert d._outstanding["p"] == 2
+        assert d._admission.outstanding["p"] == 2
         assert (await d.pool_info("p")).backlog == 2
         entries, _ = await d.audit_list(limit=10)
         replay = next(e for e in entries if e.action == "dlq.replay")
