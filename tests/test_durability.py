@@ -149,7 +149,7 @@ async def message(session: aiohttp.ClientSession, base: str, msg_id: str) -> dic
 
 def job_states(tmp_path: Path) -> Counter[str]:
     """Jobs per state in the SQLite file, read after the server exited (schema v1, as
-    documented in dispatcher/stores/sqlite.py)."""
+    documented in dispatcher/stores/sqlite/__init__.py)."""
     names = {0: "ready", 1: "claimed", 2: "delivered", 3: "dead", 4: "scheduled"}
     db = sqlite3.connect(f"file:{tmp_path / 'd.db'}?mode=ro", uri=True)
     try:

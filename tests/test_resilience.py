@@ -29,10 +29,11 @@ from dispatcher.message import (
     State,
 )
 from dispatcher.sinks.base import Sink
-from dispatcher.stores import sqlite as sqlite_store
 from dispatcher.stores.base import Claim
 from dispatcher.stores.memory import MemoryStore
 from dispatcher.stores.sqlite import SqliteStore
+from dispatcher.stores.sqlite import store as sqlite_store
+from dispatcher.stores.sqlite import writes as sqlite_writes
 
 from .api_helpers import ADMIN, READ, api_settings
 from .helpers import eventually
@@ -223,29 +224,30 @@ async def test_resume_that_overtakes_the_release_finds_the_released_jobs() -> No
         await d.stop(grace=1)
 
 
-class _ReplayFailsOnSecondChunk(SqliteStore):
-    """A real SQLite store whose second DLQ write (replay or purge chunk) fails as an
-    I/O error would."""
-
+def _second_dlq_write_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real SQLite store's second DLQ write (replay or purge chunk) fails as an I/O
+    error would."""
     writes = 0
 
-    def _w_replay(self, *args: Any) -> Any:
-        return self._second_fails(super()._w_replay, args)
+    def second_fails(write: Any) -> Any:
+        def wrapped(*args: Any) -> Any:
+            nonlocal writes
+            writes += 1
+            if writes == 2:
+                raise sqlite3.OperationalError("disk I/O error")
+            return write(*args)
 
-    def _w_purge(self, *args: Any) -> Any:
-        return self._second_fails(super()._w_purge, args)
+        return wrapped
 
-    def _second_fails(self, write: Any, args: Any) -> Any:
-        self.writes += 1
-        if self.writes == 2:
-            raise sqlite3.OperationalError("disk I/O error")
-        return write(*args)
+    monkeypatch.setattr(sqlite_writes, "replay", second_fails(sqlite_writes.replay))
+    monkeypatch.setattr(sqlite_writes, "purge", second_fails(sqlite_writes.purge))
 
 
 async def _dead_letters(tmp_path: Path, n: int, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setattr(sqlite_store, "_CHUNK", 2)
     settings = _doomed_settings(f"sqlite:///{tmp_path}/d.db")
-    store = _ReplayFailsOnSecondChunk(f"{tmp_path}/d.db")
+    _second_dlq_write_fails(monkeypatch)
+    store = SqliteStore(f"{tmp_path}/d.db")
     d = Dispatcher(settings, store=store)
     await d.start()
     await d.publish([Publish(tag="t", payload=b"%d" % i) for i in range(n)])

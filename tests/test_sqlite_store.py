@@ -20,9 +20,24 @@ from typing import Any
 import pytest
 
 from dispatcher.errors import StoreError
-from dispatcher.message import Attempt, Completion, Message, NewMessage, Outcome, State
-from dispatcher.stores import sqlite as sqlite_module
-from dispatcher.stores.sqlite import SCHEMA_VERSION, SqliteStore
+from dispatcher.message import (
+    Attempt,
+    Completion,
+    DeadReason,
+    DlqFilter,
+    Job,
+    Message,
+    NewMessage,
+    Outcome,
+    State,
+)
+from dispatcher.stores.base import format_dlq_cursor
+from dispatcher.stores.sqlite import SCHEMA_VERSION, SqliteStore, schema
+from dispatcher.stores.sqlite import reads as sqlite_reads
+from dispatcher.stores.sqlite import store as sqlite_module
+from dispatcher.stores.sqlite import writes as sqlite_writes
+from dispatcher.stores.sqlite.claims import ClaimBooks, Delta
+from dispatcher.stores.sqlite.rows import NewRows, outcome_rows
 
 T0 = 1_700_000_000.0
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +64,7 @@ async def store(db_path: Path) -> AsyncIterator[SqliteStore]:
 
 async def on_writer(store: SqliteStore, fn: Any) -> Any:
     """Run `fn(connection)` on the writer thread, inside its group transaction."""
-    return await store._write(lambda _delta: fn(store._w))
+    return await store._write(lambda db, _delta: fn(db))
 
 
 async def test_pragmas_and_schema_version(store: SqliteStore, db_path: Path) -> None:
@@ -235,7 +250,7 @@ async def test_claims_marked_on_disk_by_earlier_versions_are_requeued(db_path: P
     await s.enqueue([new(f"m{i}", "a", created=T0 + i) for i in range(3)])
     await s.close()
     with contextlib.closing(sqlite3.connect(db_path)) as db, db:
-        db.execute("UPDATE jobs SET state = 1 WHERE mid <= 2")  # as versions before _Claims
+        db.execute("UPDATE jobs SET state = 1 WHERE mid <= 2")  # as versions before claims.Claims
 
     s = SqliteStore(str(db_path))
     assert await s.open() == 2
@@ -418,57 +433,95 @@ async def test_a_claim_rolled_back_with_its_group_leaves_the_books_as_they_were(
     assert _ids((await store.claim("p", 10, T0 + 100)).jobs) == ["a0", "a1", "a2", "a3"]
 
 
-class _HeldCompletion(SqliteStore):
-    """A real store whose completions stop on the writer thread, between changing the claim
-    books and committing, until `go` is set; `stale_once` makes the reader's next snapshot
-    land before that commit and the look at the books after it."""
+class _HeldCompletion:
+    """Makes a real store's completions stop on the writer thread, between changing the
+    claim books and committing, until `go` is set; `stale_once` makes the reader's next
+    snapshot land before that commit and the look at the books after it."""
 
-    def __init__(self, path: str) -> None:
-        super().__init__(path)
+    def __init__(self, store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
         self.paused = threading.Event()
         self.go = threading.Event()
         self.stale_once = False
+        complete, message_rows = sqlite_writes.complete, sqlite_reads.message_rows
 
-    def _w_complete(self, *args: Any) -> Any:
-        result = super()._w_complete(*args)
-        self.paused.set()
-        assert self.go.wait(10)
-        return result
+        def held_complete(*args: Any) -> Any:
+            result = complete(*args)
+            self.paused.set()
+            assert self.go.wait(10)
+            return result
 
-    def _r_message_rows(self, message_id: str) -> Any:
-        rows = super()._r_message_rows(message_id)
-        if self.stale_once:
-            self.stale_once = False
-            commits = self.commits
-            self.go.set()
-            deadline = time.monotonic() + 10
-            while self.commits == commits and time.monotonic() < deadline:
-                time.sleep(0.001)
-        return rows
+        def stale_message_rows(*args: Any) -> Any:
+            rows = message_rows(*args)
+            if self.stale_once:
+                self.stale_once = False
+                commits = store.commits
+                self.go.set()
+                deadline = time.monotonic() + 10
+                while store.commits == commits and time.monotonic() < deadline:
+                    time.sleep(0.001)
+            return rows
+
+        monkeypatch.setattr(sqlite_writes, "complete", held_complete)
+        monkeypatch.setattr(sqlite_reads, "message_rows", stale_message_rows)
 
 
 @pytest.mark.parametrize("stale", [False, True], ids=["mid-commit", "commit-in-between"])
 async def test_a_job_being_completed_reads_in_flight_until_its_outcome_commits(
-    db_path: Path, stale: bool
+    db_path: Path, stale: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = _HeldCompletion(str(db_path))
+    store = SqliteStore(str(db_path))
+    held = _HeldCompletion(store, monkeypatch)
     await store.open()
     try:
         await store.enqueue([new("m")])
         [job] = (await store.claim("p", 10, T0 + 1)).jobs
         done = store.complete([Completion(job, Attempt(1, T0 + 2, 0.01, Outcome.SUCCESS))])
         completing = asyncio.ensure_future(done)
-        assert await asyncio.to_thread(store.paused.wait, 10)
-        store.stale_once = stale
+        assert await asyncio.to_thread(held.paused.wait, 10)
+        held.stale_once = stale
         status = await store.get_message("m")
         assert status is not None
         expected = State.DELIVERED if stale else State.CLAIMED
         assert status.jobs[0].state == expected  # never QUEUED in between
-        store.go.set()
+        held.go.set()
         await completing
         status = await store.get_message("m")
         assert status is not None
         assert status.jobs[0].state == State.DELIVERED
     finally:
-        store.go.set()
+        held.go.set()
         await store.close()
+
+
+def test_reads_and_writes_run_on_a_plain_connection(tmp_path: Path) -> None:
+    """No threads: the store's reads and writes are functions of any connection to the file."""
+    dead = DeadReason.PERMANENT
+    path = str(tmp_path / "plain.db")
+    claims = ClaimBooks(threading.Lock())
+    with contextlib.closing(schema.connect(path)) as db:
+        db.execute("BEGIN")
+        schema.migrate(db, path)
+        batch = [new("a", created=T0), new("b", "p", "q", created=T0 + 5)]
+        assert sqlite_writes.enqueue(db, Delta(), claims, NewRows(batch, 0)) == [True, True]
+        rows, next_at = sqlite_writes.claim(db, Delta(), claims, "p", 10, T0 + 10)
+        assert next_at is None
+        jobs = [Job(r[0], "p", sqlite_reads.message(r, 4), r[1], r[2]) for r in rows]
+        failed = [
+            Completion(j, Attempt(1, T0 + 20 + k, 0.5, Outcome.FAILURE, "Straße"), dead=dead)
+            for k, j in enumerate(jobs)
+        ]
+        sqlite_writes.complete(db, Delta(), claims, outcome_rows(failed))
+        db.execute("COMMIT")
+
+        found = sqlite_reads.message_rows(db, "b")
+        assert found is not None
+        status = sqlite_reads.message_status(found, held=set())
+        assert [(j.pool, j.state) for j in status.jobs] == [("p", State.DEAD), ("q", State.QUEUED)]
+        # The error filter folds case as Python does (ß is ss), not as SQLite's lower().
+        assert sqlite_reads.dlq_count(db, DlqFilter(error="STRASSE")) == 2
+        page, cursor = sqlite_reads.dlq_list(db, DlqFilter(), 1, None)
+        assert [e.message.id for e in page] == ["b"]
+        assert cursor == format_dlq_cursor(T0 + 21.5, jobs[1].key)
+        page, cursor = sqlite_reads.dlq_list(db, DlqFilter(), 1, cursor)
+        assert ([e.message.id for e in page], cursor) == (["a"], None)
+        assert sqlite_reads.expiry_range(db, T0 + 1) == (1, 1)  # only "a" was created before

@@ -26,7 +26,7 @@ from dispatcher.message import (
     PoolCounts,
     State,
 )
-from dispatcher.stores.base import Store
+from dispatcher.stores.base import Store, format_dlq_cursor, parse_dlq_cursor
 from dispatcher.stores.memory import MemoryStore
 from dispatcher.stores.sqlite import SqliteStore
 
@@ -422,7 +422,7 @@ async def test_claimed_jobs_are_queued_again_on_reopen(harness: Harness, store: 
     assert ids((await store.claim("p", 5, LATER)).jobs) == ["m2", "m0"]  # m1 still claimed
     # The process "dies" with m0, m1 and m2 claimed.
     store, requeued = await harness.reopen(store)
-    # SQLite keeps claims in the writer's memory, not on disk (see sqlite._Claims), so a
+    # SQLite keeps claims in the writer's memory, not on disk (see sqlite.claims), so a
     # restart finds nothing marked claimed: the jobs simply are ready.
     assert requeued == (0 if harness.kind == "sqlite" else 3)
     jobs = await claim_all(store)
@@ -512,6 +512,14 @@ async def test_dlq_filters(store: Store) -> None:
     assert [(e.error, e.failed_at, e.attempts, e.reason) for e in entries] == [
         (None, T0 + 50, 1, DeadReason.PERMANENT)
     ]
+
+
+def test_the_dlq_cursor_codec_round_trips_exactly_and_refuses_garbage() -> None:
+    at = T0 + 0.1  # a time whose shortest repr has many digits
+    assert parse_dlq_cursor(format_dlq_cursor(at, 42)) == (at, 42)
+    for garbage in ("", "abc", "1.5", "1.5:x", "x:3"):
+        with pytest.raises(ValueError, match="invalid cursor"):
+            parse_dlq_cursor(garbage)
 
 
 async def test_dlq_cursor_pages_without_gaps_or_duplicates(store: Store) -> None:

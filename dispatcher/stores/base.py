@@ -50,6 +50,27 @@ def require_pools(batch: Sequence[NewMessage]) -> None:
             raise ValueError(f"message {new.message.id!r} has no pool to go to")
 
 
+def contains_ci(haystack: str | None, needle: str | None) -> bool:
+    """The DLQ `error` filter, the same in every store: a case-insensitive substring by
+    Unicode case folding (SQLite registers this very function: its lower() folds ASCII only)."""
+    return haystack is not None and needle is not None and needle.casefold() in haystack.casefold()
+
+
+def format_dlq_cursor(failed_at: float, key: int) -> str:
+    """The DLQ cursor every store hands out: `<failed_at>:<key>` of the last entry of the
+    page (repr, so the time comes back exact). Opaque to callers."""
+    return f"{failed_at!r}:{key}"
+
+
+def parse_dlq_cursor(cursor: str) -> tuple[float, int]:
+    """(failed_at, key) from a cursor of `format_dlq_cursor`; ValueError for anything else."""
+    try:
+        at, key = cursor.rsplit(":", 1)
+        return float(at), int(key)
+    except ValueError:
+        raise ValueError(f"invalid cursor: {cursor!r}") from None
+
+
 class Store(abc.ABC):
     #: the `store` label of dispatcher_build_info ("sqlite", "memory", "redis")
     kind: str = "abstract"

@@ -46,7 +46,14 @@ from ..message import (
     PoolCounts,
     State,
 )
-from .base import Claim, Store, require_pools
+from .base import (
+    Claim,
+    Store,
+    contains_ci,
+    format_dlq_cursor,
+    parse_dlq_cursor,
+    require_pools,
+)
 
 # Internal states: State values plus SCHEDULED, which is State.QUEUED outside the store.
 _READY = int(State.QUEUED)
@@ -55,11 +62,6 @@ _DELIVERED = int(State.DELIVERED)
 _DEAD = int(State.DEAD)
 _SCHEDULED = 4
 _UNDONE = (_READY, _SCHEDULED, _CLAIMED)
-
-
-def contains_ci(haystack: str | None, needle: str) -> bool:
-    """The DLQ `error` filter: case-insensitive substring (SQLite registers the same)."""
-    return haystack is not None and needle.casefold() in haystack.casefold()
 
 
 def _copy(m: Message) -> Message:
@@ -344,7 +346,7 @@ class MemoryStore(Store):
         self._check()
         found = self._dead(selector)
         if cursor is not None:
-            after = parse_cursor(cursor)
+            after = parse_dlq_cursor(cursor)
             found = [j for j in found if (_finished(j), j.key) < after]
         page = found[: max(limit, 0)]
         entries = [
@@ -359,7 +361,7 @@ class MemoryStore(Store):
             for j in page
         ]
         more = len(found) > len(page) and page
-        return entries, (f"{_finished(page[-1])!r}:{page[-1].key}" if more else None)
+        return entries, (format_dlq_cursor(_finished(page[-1]), page[-1].key) if more else None)
 
     async def dlq_count(self, selector: DlqFilter) -> int:
         self._check()
@@ -445,12 +447,3 @@ def _finished(job: _Job) -> float:
 def _decode_obj(raw: bytes) -> dict[str, Any]:
     out: dict[str, Any] = msgspec.json.decode(raw)
     return out
-
-
-def parse_cursor(cursor: str) -> tuple[float, int]:
-    """A DLQ cursor `<failed_at>:<key>` (the last entry of the previous page)."""
-    try:
-        at, key = cursor.rsplit(":", 1)
-        return float(at), int(key)
-    except ValueError:
-        raise ValueError(f"invalid cursor: {cursor!r}") from None

@@ -1,0 +1,151 @@
+"""The rows the writer inserts and the parameters of its updates, built on the event loop:
+the writer thread (the bottleneck under load) then only executes them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from ...message import Completion, NewMessage
+from .schema import DEAD, DELIVERED, FANOUT_LIMIT, READY, SCHEDULED
+
+DELIVERED_FIRST = -2  # not a stored state: groups first-attempt successes in writes.complete
+
+_encode = msgspec.json.Encoder().encode
+
+
+def to_json(value: object) -> str:
+    return _encode(value).decode()
+
+
+class NewRows:
+    """A batch of new messages as the rows the writer inserts. Mids are numbered from
+    `last_mid` + 1 in batch order; `keyed` holds (index, id, digest, until) of producer ids."""
+
+    __slots__ = ("counts", "first_ready", "jobs", "keyed", "messages", "now")
+    #: (highest priority, earliest, latest time) of the new ready jobs, for the claim books
+    first_ready: tuple[int, float, float] | None
+
+    def __init__(self, batch: Sequence[NewMessage], last_mid: int) -> None:
+        self.messages: list[tuple[Any, ...]] = []
+        self.jobs: list[tuple[Any, ...]] = []
+        self.keyed: list[tuple[int, str, bytes, float]] = []
+        self.counts: dict[str, int] = {}
+        self.now = batch[0].message.created_at
+        add_message, add_job = self.messages.append, self.jobs.append
+        per_route: dict[tuple[str, ...], int] = {}
+        # The highest priority and earliest time among the new ready jobs, for the claim
+        # cursors (taken apart, the pair may belong to two messages: that errs on the safe side).
+        priority: float = -math.inf
+        earliest, latest = math.inf, -math.inf
+        mid = last_mid
+        for index, new in enumerate(batch):
+            m = new.message
+            mid += 1
+            add_message(
+                (
+                    mid,
+                    m.id,
+                    m.tag,
+                    m.payload,
+                    to_json(m.headers) if m.headers else None,
+                    m.priority,
+                    m.created_at,
+                    m.available_at,
+                    m.trace,
+                )
+            )
+            if new.digest is not None:
+                self.keyed.append((index, m.id, new.digest, new.dedup_until))
+            if m.available_at > m.created_at:
+                state, available_at = SCHEDULED, m.available_at
+            else:
+                state, available_at = READY, m.created_at
+                if m.priority > priority:
+                    priority = m.priority
+                if available_at < earliest:
+                    earliest = available_at
+                if available_at > latest:
+                    latest = available_at
+            pools = new.pools
+            if len(pools) == 1:
+                add_job(
+                    (
+                        mid * FANOUT_LIMIT,
+                        mid,
+                        pools[0],
+                        state,
+                        m.priority,
+                        available_at,
+                        m.created_at,
+                    )
+                )
+            else:
+                pools = tuple(dict.fromkeys(pools))
+                for k, pool in enumerate(pools):
+                    add_job(
+                        (
+                            mid * FANOUT_LIMIT + k,
+                            mid,
+                            pool,
+                            state,
+                            m.priority,
+                            available_at,
+                            m.created_at,
+                        )
+                    )
+            per_route[pools] = per_route.get(pools, 0) + 1
+        for pools, n in per_route.items():
+            for pool in pools:
+                self.counts[pool] = self.counts.get(pool, 0) + n
+        #: where the first of the new ready jobs sorts, for the claim cursors
+        self.first_ready = None if earliest == math.inf else (int(priority), earliest, latest)
+
+    def keep(self, mids: set[int]) -> NewRows:
+        """These rows without the messages not in `mids` (duplicates)."""
+        kept = object.__new__(NewRows)
+        kept.now, kept.first_ready = self.now, self.first_ready
+        kept.messages = [m for m in self.messages if m[0] in mids]
+        kept.jobs = [j for j in self.jobs if j[1] in mids]
+        kept.keyed = [k for k in self.keyed if self.messages[k[0]][0] in mids]
+        kept.counts = {}
+        for job in kept.jobs:
+            kept.counts[job[2]] = kept.counts.get(job[2], 0) + 1
+        return kept
+
+
+def outcome_rows(
+    completions: Sequence[Completion],
+) -> dict[tuple[int, str], list[tuple[Any, ...]]]:
+    """Parameter rows of the outcome statements, grouped by (fate, pool); jid last."""
+    groups: dict[tuple[int, str], list[tuple[Any, ...]]] = {}
+    for c in completions:
+        a = c.attempt
+        log = to_json(a)
+        if c.dead is not None:
+            key = (DEAD, c.job.pool)
+            row: tuple[Any, ...] = (
+                log,
+                a.started_at + a.duration,
+                c.dead.value,
+                a.error,
+                c.job.key,
+            )
+        elif c.retry_at is not None:
+            key = (SCHEDULED, c.job.pool)
+            row = (log, c.retry_at, a.error, c.job.key)
+        elif c.job.attempts == 0:
+            key = (DELIVERED_FIRST, c.job.pool)
+            row = (f"[{log}]", a.started_at + a.duration, c.job.key)
+        else:
+            key = (DELIVERED, c.job.pool)
+            row = (log, a.started_at + a.duration, c.job.key)
+        rows = groups.get(key)
+        if rows is None:
+            groups[key] = [row]
+        else:
+            rows.append(row)
+    return groups

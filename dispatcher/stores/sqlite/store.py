@@ -1,0 +1,376 @@
+"""SqliteStore: the Store interface over the parts of this package. It owns the threads
+(the writer, the reader, the checkpointer), the claim books and the counters, and hands
+each operation to the thread that runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import sqlite3
+import threading
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Concatenate, Final, ParamSpec, TypeVar
+
+from ...errors import PartlyDone, StoreError
+from ...message import (
+    AuditEntry,
+    Completion,
+    DlqEntry,
+    DlqFilter,
+    Job,
+    MessageStatus,
+    NewMessage,
+    PoolCounts,
+)
+from ..base import Claim, Store, require_pools
+from . import reads, schema, writes
+from .claims import ClaimBooks, Delta
+from .reads import MessageRows, message
+from .rows import NewRows, outcome_rows, to_json
+from .schema import DEAD, READY, SCHEDULED
+from .writer import Writer, checkpoints
+
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
+
+_CHUNK: Final = 5000
+_STATUS_READS: Final = 3  # reads of a message's rows before commits in between are let be
+
+_NEW, _OPEN, _CLOSING, _CLOSED = range(4)
+
+
+class SqliteStore(Store):
+    kind = "sqlite"
+
+    def __init__(self, path: str, *, synchronous: str = "full") -> None:
+        if synchronous.lower() not in ("full", "normal"):
+            raise ValueError(f"synchronous must be 'full' or 'normal', not {synchronous!r}")
+        self.path = path
+        self.synchronous = synchronous.upper()
+        #: transactions committed by the writer thread (one per group of requests)
+        self.commits = 0
+        self._state = _NEW
+        self._writer = Writer(self.synchronous, self._on_commit)
+        self._reader: concurrent.futures.ThreadPoolExecutor | None = None
+        self._closed: asyncio.Future[None] | None = None
+        # Owned by the writer thread, except that the reader snapshots _counters under _lock.
+        self._next_mid = 0
+        self._counters: dict[str, list[int]] = {}
+        self._lock = threading.Lock()
+        self._claims = ClaimBooks(self._lock)  # changed under _lock: the reader looks in
+        self._checkpointer: threading.Thread | None = None
+        self._stop_checkpoints = threading.Event()
+        # Owned by the reader thread.
+        self._r: sqlite3.Connection
+
+    # --- lifecycle -----------------------------------------------------------------------
+    @property
+    def data_dir(self) -> str:
+        return os.path.dirname(os.path.abspath(self.path)) or "."
+
+    async def open(self) -> int:
+        if self._state != _NEW:
+            raise StoreError("a SqliteStore opens once; make a new one to reopen the file")
+        loop = asyncio.get_running_loop()
+        opened: asyncio.Future[int] = loop.create_future()
+        self._writer.start(self._w_connect, self._w_open, opened)
+        requeued = await opened
+        self._checkpointer = threading.Thread(
+            target=checkpoints,
+            args=(self._connect, self._stop_checkpoints),
+            name="dispatcher-sqlite-checkpointer",
+            daemon=True,
+        )
+        self._checkpointer.start()
+        self._reader = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="dispatcher-sqlite-reader"
+        )
+        self._state = _OPEN
+        try:
+            await self._on_reader(self._r_open)
+        except BaseException:
+            await self.close()
+            raise
+        return requeued
+
+    async def close(self) -> None:
+        if self._state == _NEW:
+            self._state = _CLOSED
+        if self._state == _CLOSED:
+            return
+        loop = asyncio.get_running_loop()
+        if self._closed is not None:  # another close() is draining
+            await asyncio.shield(self._closed)
+            return
+        self._state = _CLOSING
+        self._closed = loop.create_future()
+        try:
+            if not self._writer.dead:
+                stopped: asyncio.Future[None] = loop.create_future()
+                self._writer.stop(stopped)
+                await stopped
+            self._stop_checkpoints.set()
+            if self._checkpointer is not None:
+                await asyncio.to_thread(self._checkpointer.join)
+            assert self._reader is not None
+            await loop.run_in_executor(self._reader, self._r_close)
+            self._reader.shutdown(wait=False)
+        finally:
+            self._state = _CLOSED
+            self._closed.set_result(None)
+
+    async def ping(self) -> bool:
+        return self._state == _OPEN and not self._writer.dead
+
+    # --- plumbing ------------------------------------------------------------------------
+    def _check(self) -> None:
+        if self._state != _OPEN:
+            raise StoreError("the sqlite store is not open")
+        if self._writer.dead:
+            raise StoreError("the sqlite writer thread has stopped")
+
+    async def _write(
+        self,
+        fn: Callable[Concatenate[sqlite3.Connection, Delta, _P], _T],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> _T:
+        self._check()
+        future: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
+        self._writer.put(lambda db, d: fn(db, d, *args, **kwargs), future, durable=True)
+        return await future
+
+    async def _write_volatile(
+        self,
+        fn: Callable[Concatenate[sqlite3.Connection, Delta, _P], _T],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> _T:
+        """A write whose loss in a crash is harmless, because recovery reaches the same state
+        anyway (claims and releases: a crash turns every claim back into a ready job). A group
+        of only such writes commits without an fsync; the next durable commit's fsync covers
+        their WAL frames too, and WAL keeps every commit atomic either way."""
+        self._check()
+        future: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
+        self._writer.put(lambda db, d: fn(db, d, *args, **kwargs), future, durable=False)
+        return await future
+
+    async def _read(
+        self,
+        fn: Callable[Concatenate[sqlite3.Connection, _P], _T],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> _T:
+        """`fn(the reader's connection, *args, **kwargs)`, on the reader thread."""
+        return await self._on_reader(lambda: fn(self._r, *args, **kwargs))
+
+    async def _on_reader(self, fn: Callable[[], _T]) -> _T:
+        if self._state != _OPEN or self._reader is None:
+            raise StoreError("the sqlite store is not open")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._reader, fn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        return schema.connect(self.path)
+
+    # --- the writer thread ---------------------------------------------------------------
+    def _w_connect(self) -> sqlite3.Connection:
+        parent = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(parent, exist_ok=True)
+        return self._connect()
+
+    def _w_open(self, db: sqlite3.Connection) -> int:
+        schema.configure_writer(db, self.path, self.synchronous)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            schema.migrate(db, self.path)
+            # Only files written before claims moved into the writer's memory (claims.Claims)
+            # hold claimed rows; today's claims vanish with the process, which is the same thing.
+            requeued = db.execute("UPDATE jobs SET state = 0 WHERE state = 1").rowcount
+            self._next_mid = db.execute("SELECT coalesce(max(mid), 0) FROM messages").fetchone()[0]
+            counters: dict[str, list[int]] = {}
+            slot = {READY: 0, SCHEDULED: 0, DEAD: 2}
+            for pool, state, n in db.execute(
+                "SELECT pool, state, count(*) FROM jobs WHERE state != 2 GROUP BY pool, state"
+            ):
+                counters.setdefault(pool, [0, 0, 0])[slot[state]] += n
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        with self._lock:
+            self._counters = counters
+        return int(requeued)
+
+    def _on_commit(self, deltas: Sequence[Delta]) -> None:
+        with self._lock:
+            self.commits += 1  # under the lock: the reader compares it (_r_get_message)
+            for books in self._claims.values():
+                books.leaving.clear()  # their outcomes are on disk now
+            counters = self._counters
+            for delta in deltas:
+                for pool, (dq, dc, dd) in delta.items():
+                    c = counters.get(pool)
+                    if c is None:
+                        c = counters[pool] = [0, 0, 0]
+                    c[0] += dq
+                    c[1] += dc
+                    c[2] += dd
+
+    # --- the reader thread ---------------------------------------------------------------
+    def _r_open(self) -> None:
+        self._r = self._connect()
+        self._r.execute("PRAGMA query_only = ON")
+
+    def _r_close(self) -> None:
+        self._r.close()
+        if self._writer.thread is not None:
+            self._writer.thread.join()  # it has settled its last futures; only returning is left
+
+    def _r_get_message(self, db: sqlite3.Connection, message_id: str) -> MessageStatus | None:
+        # A claimed job's row reads ready: only the writer's books know it is claimed, and
+        # they keep a finished job (`leaving`) until its outcome commits. Should a commit
+        # land between this snapshot and the look at the books, the rows would be older
+        # than the books: the commit count tells, and the rows are read again.
+        for _ in range(_STATUS_READS - 1):
+            with self._lock:
+                commits = self.commits
+            found = reads.message_rows(db, message_id)
+            with self._lock:
+                if self.commits == commits:
+                    held = self._in_flight(found)
+                    break
+        else:
+            # Commits kept landing. Read with the lock held: a commit may still land, but
+            # the writer cannot clear `leaving` after it until the books have been seen.
+            with self._lock:
+                found = reads.message_rows(db, message_id)
+                held = self._in_flight(found)
+        return None if found is None else reads.message_status(found, held)
+
+    def _in_flight(self, found: MessageRows | None) -> set[int]:
+        """The jids among these job rows that the books call claimed (under the lock)."""
+        if found is None:
+            return set()
+        books = self._claims
+        return {
+            jid
+            for pool, state, *_, jid in found[1]
+            if state == READY and pool in books and books[pool].in_flight(jid)
+        }
+
+    def _r_counts(self, db: sqlite3.Connection, now: float) -> dict[str, PoolCounts]:
+        with self._lock:
+            counters = [(pool, list(c)) for pool, c in self._counters.items() if any(c)]
+        return reads.counts(db, counters, now)
+
+    # --- the Store interface -------------------------------------------------------------
+    async def enqueue(self, batch: Sequence[NewMessage]) -> list[bool]:
+        self._check()
+        if not batch:
+            return []
+        require_pools(batch)
+        # Rows are built here, on the event loop, and numbered here too: the writer thread
+        # (the bottleneck under load) only executes them. Mids follow the order of calls,
+        # which is the order of the writer's queue; a duplicate leaves a gap, which is fine.
+        rows = NewRows(batch, self._next_mid)
+        self._next_mid += len(batch)
+        return await self._write(writes.enqueue, self._claims, rows)
+
+    async def claim(self, pool: str, limit: int, now: float) -> Claim:
+        # Claims write nothing (see claims.Claims), but they go through the writer, which
+        # owns the claim books; _write_volatile lets a group of them commit without an fsync.
+        rows, next_at = await self._write_volatile(writes.claim, self._claims, pool, limit, now)
+        return Claim([Job(r[0], pool, message(r, 4), r[1], r[2]) for r in rows], next_at)
+
+    async def complete(self, completions: Sequence[Completion]) -> None:
+        self._check()
+        if completions:
+            # The rows are built here, on the event loop, so the writer thread (the
+            # bottleneck under load) only executes them.
+            await self._write(writes.complete, self._claims, outcome_rows(completions))
+
+    async def release(self, jobs: Sequence[Job]) -> None:
+        self._check()
+        if jobs:
+            await self._write_volatile(writes.release, self._claims, jobs)
+
+    async def get_message(self, message_id: str) -> MessageStatus | None:
+        return await self._read(self._r_get_message, message_id)
+
+    async def counts(self, now: float) -> dict[str, PoolCounts]:
+        return await self._read(self._r_counts, now)
+
+    async def dlq_list(
+        self, selector: DlqFilter, limit: int, cursor: str | None = None
+    ) -> tuple[list[DlqEntry], str | None]:
+        return await self._read(reads.dlq_list, selector, limit, cursor)
+
+    async def dlq_count(self, selector: DlqFilter) -> int:
+        return await self._read(reads.dlq_count, selector)
+
+    async def dlq_replay(
+        self, selector: DlqFilter, now: float, interval: float = 0.0
+    ) -> dict[str, int]:
+        jids = await self._read(reads.dlq_jids, selector)
+        return await self._in_chunks(
+            jids,
+            lambda start, chunk: self._write(
+                writes.replay, self._claims, chunk, now, start, interval
+            ),
+        )
+
+    async def dlq_purge(self, selector: DlqFilter) -> dict[str, int]:
+        jids = await self._read(reads.dlq_jids, selector)
+        return await self._in_chunks(jids, lambda _, chunk: self._write(writes.purge, chunk))
+
+    @staticmethod
+    async def _in_chunks(
+        jids: list[int],
+        write: Callable[[int, list[int]], Awaitable[dict[str, int]]],
+    ) -> dict[str, int]:
+        """Run `write(start, chunk)` over `jids` a chunk (one commit) at a time; the counts
+        per pool, summed. A failure after the first commit is PartlyDone, with what was."""
+        out: dict[str, int] = {}
+        for start in range(0, len(jids), _CHUNK):
+            try:
+                done = await write(start, jids[start : start + _CHUNK])
+            except StoreError as exc:
+                if not out:
+                    raise
+                raise PartlyDone(exc, out) from exc
+            for pool, n in done.items():
+                out[pool] = out.get(pool, 0) + n
+        return out
+
+    async def expire(self, delivered_before: float, ids_before: float | None = None) -> int:
+        # A job cannot finish before its message was created, so only messages created
+        # before the cutoff can hold expired jobs: mids up to `last` (mids follow creation).
+        first, last = await self._read(reads.expiry_range, delivered_before)
+        total = 0
+        for start in range(first, last + 1, _CHUNK):
+            total += await self._write(
+                writes.expire, delivered_before, start, min(start + _CHUNK - 1, last)
+            )
+        ids_cutoff = delivered_before if ids_before is None else ids_before
+        await self._write(writes.forget_ids, ids_cutoff)
+        return total
+
+    async def load_pool_settings(self) -> dict[str, dict[str, object]]:
+        return await self._read(reads.pool_settings)
+
+    async def save_pool_settings(self, pool: str, settings: Mapping[str, object]) -> None:
+        await self._write(writes.save_settings, pool, to_json(dict(settings)))
+
+    async def audit(self, entry: AuditEntry) -> None:
+        await self._write(writes.audit, entry, to_json(entry.detail))
+
+    async def audit_list(
+        self, limit: int, cursor: str | None = None
+    ) -> tuple[list[AuditEntry], str | None]:
+        return await self._read(reads.audit_list, limit, cursor)

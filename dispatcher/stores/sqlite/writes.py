@@ -1,0 +1,337 @@
+"""The writes, each a function of the writer's connection and the request's Delta (run
+on the writer thread, inside its group transaction), with the statements of the hot path."""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from collections.abc import Sequence
+from typing import Any, Final
+
+from ...errors import IdConflict
+from ...message import AuditEntry, Job
+from .claims import ClaimBooks, Delta
+from .rows import DELIVERED_FIRST, NewRows, to_json
+from .schema import DEAD, DELIVERED, FANOUT_LIMIT, SCHEDULED
+
+_INSERT_MESSAGE = ("INSERT INTO messages VALUES", "")
+#: for ids nobody has checked: the rowcount tells whether one was already there
+_INSERT_MESSAGE_NEW = ("INSERT OR IGNORE INTO messages VALUES", "")
+_INSERT_JOB = (
+    "INSERT INTO jobs (jid, mid, pool, state, priority, available_at, created_at) VALUES",
+    "",
+)
+_ROWS_PER_STATEMENT: Final = 1024
+_PROMOTE = "UPDATE jobs SET state = 0 WHERE state = 4 AND pool = ? AND available_at <= ?"
+_CLAIM_COLUMNS = """j.jid, j.attempts, j.available_at, j.priority,
+    m.id, m.tag, m.payload, m.created_at, m.priority, m.available_at, m.headers, m.trace
+    FROM jobs j JOIN messages m ON m.mid = j.mid
+    WHERE j.state = 0 AND j.pool = ?1 AND j.available_at <= ?2"""
+#: the head of jobs_ready, in claim order
+_CLAIM_HEAD = f"""SELECT {_CLAIM_COLUMNS}
+    ORDER BY j.priority DESC, j.available_at, j.jid LIMIT ?3"""
+#: what follows the cursor (?3, ?4, ?5) = (priority, available_at, jid), in three index
+#: ranges, since the index mixes directions and a row-value bound (available_at, jid) > (a, j)
+#: would only seek on available_at (a batch shares one time: it would rescan the batch)
+_CLAIM_SAME_TIME = f"""SELECT {_CLAIM_COLUMNS}
+    AND j.priority = ?3 AND j.available_at = ?4 AND j.jid > ?5
+    ORDER BY j.jid LIMIT ?6"""
+_CLAIM_LATER = f"""SELECT {_CLAIM_COLUMNS}
+    AND j.priority = ?3 AND j.available_at > ?4
+    ORDER BY j.available_at, j.jid LIMIT ?5"""
+_CLAIM_LOWER = f"""SELECT {_CLAIM_COLUMNS}
+    AND j.priority < ?3
+    ORDER BY j.priority DESC, j.available_at, j.jid LIMIT ?4"""
+_NEXT_AT = "SELECT min(available_at) FROM jobs WHERE state = 4 AND pool = ?"
+# Outcomes: (head, tail) around a multi-row VALUES list, for _many; the jid comes last.
+_DELIVERED_SQL = (
+    """UPDATE jobs SET state = 2, attempts = attempts + 1,
+        attempt_log = json_insert(coalesce(attempt_log, '[]'), '$[#]', json(v.column1)),
+        finished_at = v.column2
+    FROM (VALUES""",
+    ") AS v WHERE jobs.jid = v.column3 AND jobs.state = 0",
+)
+#: the common case, success at the first attempt: the log is written whole, not parsed
+_DELIVERED_FIRST_SQL = (
+    """UPDATE jobs SET state = 2, attempts = 1, attempt_log = v.column1, finished_at = v.column2
+    FROM (VALUES""",
+    ") AS v WHERE jobs.jid = v.column3 AND jobs.state = 0",
+)
+_RETRY_SQL = (
+    """UPDATE jobs SET state = 4, attempts = attempts + 1,
+        attempt_log = json_insert(coalesce(attempt_log, '[]'), '$[#]', json(v.column1)),
+        available_at = v.column2, last_error = v.column3
+    FROM (VALUES""",
+    ") AS v WHERE jobs.jid = v.column4 AND jobs.state = 0",
+)
+_DEAD_SQL = (
+    """UPDATE jobs SET state = 3, attempts = attempts + 1,
+        attempt_log = json_insert(coalesce(attempt_log, '[]'), '$[#]', json(v.column1)),
+        finished_at = v.column2, dead_reason = v.column3, last_error = v.column4
+    FROM (VALUES""",
+    ") AS v WHERE jobs.jid = v.column5 AND jobs.state = 0",
+)
+_OUTCOME_SQL: Final = {
+    DEAD: _DEAD_SQL,
+    SCHEDULED: _RETRY_SQL,
+    DELIVERED: _DELIVERED_SQL,
+    DELIVERED_FIRST: _DELIVERED_FIRST_SQL,
+}
+_REPLAY = """
+    UPDATE jobs SET
+        state = CASE WHEN (c.key + ?2) * ?3 = 0 THEN 0 ELSE 4 END,
+        available_at = ?1 + (c.key + ?2) * ?3,
+        attempts = 0,
+        history = json_insert(coalesce(history, '[]'), '$[#]', json(coalesce(attempt_log, '[]'))),
+        attempt_log = NULL, finished_at = NULL, dead_reason = NULL, last_error = NULL
+    FROM json_each(?4) AS c
+    WHERE jobs.jid = c.value AND jobs.state = 3
+    RETURNING jobs.pool"""
+_DROP_ORPHANS = """
+    DELETE FROM messages WHERE mid IN (SELECT value FROM json_each(?))
+    AND NOT EXISTS (
+        SELECT 1 FROM jobs WHERE jobs.jid BETWEEN messages.mid * 1024 AND messages.mid * 1024 + 1023
+    )"""
+
+
+@functools.lru_cache(maxsize=128)
+def _values(sql: tuple[str, str], width: int, n: int) -> str:
+    row = f"({', '.join('?' * width)})"
+    return f"{sql[0]} {', '.join([row] * n)}{sql[1]}"
+
+
+def _many(db: sqlite3.Connection, sql: tuple[str, str], rows: Sequence[tuple[Any, ...]]) -> int:
+    """Run `sql` = (head, tail) over `rows` (all as wide as the first) as head, a multi-row
+    VALUES list, tail: an INSERT ... VALUES, or an UPDATE ... FROM (VALUES ...) AS v. Not
+    executemany: that steps once per row, and each step gives the GIL up and must win it
+    back from the event loop; behind a busy loop that waiting, not SQLite, was most of the
+    writer's time. Here each statement binds up to _ROWS_PER_STATEMENT rows, then runs them
+    in C in one step. Returns the rows changed."""
+    if not rows:
+        return 0
+    width = len(rows[0])
+    # SQLite before 3.32 binds at most 999 parameters per statement
+    per = min(_ROWS_PER_STATEMENT, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width)
+    done = 0
+    for start in range(0, len(rows), per):
+        part = rows[start : start + per]
+        done += db.execute(
+            _values(sql, width, len(part)), [v for row in part for v in row]
+        ).rowcount
+    return done
+
+
+def _ids_json(ids: Sequence[int]) -> str:
+    return f"[{','.join(map(str, ids))}]"
+
+
+def enqueue(db: sqlite3.Connection, d: Delta, claims: ClaimBooks, rows: NewRows) -> list[bool]:
+    if not rows.keyed:
+        # Ids the dispatcher made are new: try them all, and only if one was already
+        # taken (a caller reusing an id without a digest) go back and sort them out.
+        db.execute("SAVEPOINT enqueue")
+        if _many(db, _INSERT_MESSAGE_NEW, rows.messages) == len(rows.messages):
+            db.execute("RELEASE enqueue")
+            _many(db, _INSERT_JOB, rows.jobs)
+            _arrived(d, claims, rows)
+            return [True] * len(rows.messages)
+        db.execute("ROLLBACK TO enqueue")
+        db.execute("RELEASE enqueue")
+    seen = {
+        row[0]
+        for row in db.execute(
+            "SELECT id FROM messages WHERE id IN (SELECT value FROM json_each(?))",
+            (to_json([m[1] for m in rows.messages]),),
+        )
+    }
+    if rows.keyed:
+        seen |= _known_ids(db, rows)
+    out: list[bool] = []
+    kept: set[int] = set()
+    for m in rows.messages:
+        fresh = m[1] not in seen
+        out.append(fresh)
+        if fresh:
+            seen.add(m[1])
+            kept.add(m[0])
+    if len(kept) < len(rows.messages):
+        rows = rows.keep(kept)
+    _many(db, _INSERT_MESSAGE, rows.messages)
+    _many(db, _INSERT_JOB, rows.jobs)
+    if rows.keyed:
+        db.executemany(
+            "INSERT OR REPLACE INTO dedup (id, digest, until) VALUES (?, ?, ?)",
+            [(m_id, digest, until) for _, m_id, digest, until in rows.keyed],
+        )
+    _arrived(d, claims, rows)
+    return out
+
+
+def _arrived(d: Delta, claims: ClaimBooks, rows: NewRows) -> None:
+    for pool, n in rows.counts.items():
+        d[pool] = [n, 0, 0]
+        if rows.first_ready is not None:
+            d.undo.append(claims.of(pool).arrived(*rows.first_ready))
+
+
+def _known_ids(db: sqlite3.Connection, rows: NewRows) -> set[str]:
+    """Ids remembered within their dedup window; IdConflict if one comes back (or
+    repeats within the batch) with another digest. Runs before anything is written."""
+    held: dict[str, bytes] = dict(
+        db.execute(
+            "SELECT id, digest FROM dedup WHERE id IN (SELECT value FROM json_each(?))"
+            " AND until > ?",
+            (to_json([m_id for _, m_id, _, _ in rows.keyed]), rows.now),
+        ).fetchall()
+    )
+    first: dict[str, bytes] = {}
+    for index, m_id, digest, _ in rows.keyed:
+        if held.get(m_id, digest) != digest or first.setdefault(m_id, digest) != digest:
+            raise IdConflict(m_id, index)
+    return set(held)
+
+
+def claim(
+    db: sqlite3.Connection, d: Delta, claims: ClaimBooks, pool: str, limit: int, now: float
+) -> tuple[list[tuple[Any, ...]], float | None]:
+    """Rows of up to `limit` claimable jobs (the Jobs are built by the store's `claim`,
+    off this thread), and the next scheduled job's time."""
+    books = claims.of(pool)
+    held = books.held
+    cursor = None if db.execute(_PROMOTE, (pool, now)).rowcount else books.cursor
+    rows: list[tuple[Any, ...]] = []
+    while len(rows) < limit:
+        want = limit - len(rows)
+        if cursor is None:
+            seen = db.execute(_CLAIM_HEAD, (pool, now, want)).fetchall()
+        else:
+            priority, available_at, _ = cursor
+            seen = db.execute(_CLAIM_SAME_TIME, (pool, now, *cursor, want)).fetchall()
+            if len(seen) < want:
+                seen += db.execute(
+                    _CLAIM_LATER, (pool, now, priority, available_at, want - len(seen))
+                ).fetchall()
+            if len(seen) < want:
+                seen += db.execute(_CLAIM_LOWER, (pool, now, priority, want - len(seen))).fetchall()
+        if not seen:
+            break
+        last = seen[-1]
+        cursor = (last[3], last[2], last[0])
+        # Held jobs are skipped; they sit in the range only after a rewind.
+        rows.extend(r for r in seen if r[0] not in held)
+        if len(seen) < want:
+            break
+    if rows:
+        d[pool] = [-len(rows), len(rows), 0]
+    if now < books.future_at:
+        cursor = None  # a ready job due after `now` may sit behind it, unseen
+    d.undo.append(books.claimed([r[0] for r in rows], cursor))
+    next_at = db.execute(_NEXT_AT, (pool,)).fetchone()[0]
+    return rows, next_at
+
+
+def complete(
+    db: sqlite3.Connection,
+    d: Delta,
+    claims: ClaimBooks,
+    groups: dict[tuple[int, str], list[tuple[Any, ...]]],
+) -> None:
+    """Apply outcome rows grouped by (fate, pool), as rows.outcome_rows prepared them; the
+    jid is the last column. Jobs not held (released meanwhile) are left alone."""
+    for (fate, pool), rows in groups.items():
+        books = claims.get(pool)
+        mine = [] if books is None else [row for row in rows if row[-1] in books.held]
+        if books is None or not mine:
+            continue
+        n = _many(db, _OUTCOME_SQL[fate], mine)
+        d.undo.append(books.finished([row[-1] for row in mine]))
+        delta = d.setdefault(pool, [0, 0, 0])
+        delta[1] -= n
+        if fate == SCHEDULED:
+            delta[0] += n
+        elif fate == DEAD:
+            delta[2] += n
+
+
+def release(db: sqlite3.Connection, d: Delta, claims: ClaimBooks, jobs: Sequence[Job]) -> None:
+    by_pool: dict[str, list[int]] = {}
+    for job in jobs:
+        by_pool.setdefault(job.pool, []).append(job.key)
+    for pool, jids in by_pool.items():
+        books = claims.get(pool)
+        if books is None:
+            continue
+        mine = {jid for jid in jids if jid in books.held}
+        d[pool] = [len(mine), -len(mine), 0]
+        d.undo.append(books.released(list(mine)))
+
+
+def replay(
+    db: sqlite3.Connection,
+    d: Delta,
+    claims: ClaimBooks,
+    jids: Sequence[int],
+    now: float,
+    first: int,
+    interval: float,
+) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for (pool,) in db.execute(_REPLAY, (now, first, interval, _ids_json(jids))):
+        out[pool] = out.get(pool, 0) + 1
+    for pool, n in out.items():
+        d[pool] = [n, 0, -n]
+        books = claims.get(pool)
+        if books is not None:
+            d.undo.append(books.rewind())
+    return out
+
+
+def purge(db: sqlite3.Connection, d: Delta, jids: Sequence[int]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    mids: set[int] = set()
+    deleted = db.execute(
+        "DELETE FROM jobs WHERE jid IN (SELECT value FROM json_each(?)) AND state = 3"
+        " RETURNING pool, mid",
+        (_ids_json(jids),),
+    ).fetchall()
+    for pool, mid in deleted:
+        out[pool] = out.get(pool, 0) + 1
+        mids.add(mid)
+    db.execute(_DROP_ORPHANS, (_ids_json(list(mids)),))
+    for pool, n in out.items():
+        d[pool] = [0, 0, -n]
+    return out
+
+
+def expire(db: sqlite3.Connection, d: Delta, before: float, first_mid: int, last_mid: int) -> int:
+    """Forget delivered jobs finished before `before` among the messages numbered
+    first_mid..last_mid: a rowid range, so no index is needed (or paid for by every
+    completion). The state and time test makes any range safe; a range only decides
+    what is looked at."""
+    mids = db.execute(
+        "DELETE FROM jobs WHERE jid BETWEEN ? AND ? AND state = 2 AND finished_at < ?"
+        " RETURNING mid",
+        (first_mid * FANOUT_LIMIT, last_mid * FANOUT_LIMIT + FANOUT_LIMIT - 1, before),
+    ).fetchall()
+    if mids:
+        db.execute(_DROP_ORPHANS, (_ids_json(list({m for (m,) in mids})),))
+    return len(mids)
+
+
+def forget_ids(db: sqlite3.Connection, d: Delta, before: float) -> None:
+    db.execute("DELETE FROM dedup WHERE until < ?", (before,))
+
+
+def save_settings(db: sqlite3.Connection, d: Delta, pool: str, settings: str) -> None:
+    db.execute(
+        "INSERT INTO pool_settings (pool, settings) VALUES (?, ?)"
+        " ON CONFLICT (pool) DO UPDATE SET settings = excluded.settings",
+        (pool, settings),
+    )
+
+
+def audit(db: sqlite3.Connection, d: Delta, e: AuditEntry, detail: str) -> None:
+    db.execute(
+        "INSERT INTO audit (at, actor, action, target, detail, count) VALUES (?, ?, ?, ?, ?, ?)",
+        (e.at, e.actor, e.action, e.target, detail, e.count),
+    )
