@@ -12,15 +12,10 @@ import pytest
 
 from dispatcher.app import create_app
 
-from .api_helpers import ADMIN, OPERATE, PRODUCE, READ, api_settings
-from .helpers import eventually
+from .kit.api import ADMIN, OPERATE, PRODUCE, READ, api_settings
+from .kit.run import eventually
 
 Client = Any
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-async def client(request: pytest.FixtureRequest, aiohttp_client: Any, tmp_path: Path) -> Client:
-    return await aiohttp_client(create_app(api_settings(request.param, tmp_path)))
 
 
 async def dead(client: Client, n: int, tag: str = "doom.x") -> list[str]:

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dispatcher.app import create_app
 from dispatcher.config import settings_from_dict
 
-from .monitoring import (
+from .kit.monitoring import (
     CONTRACT,
     ROOT,
     base_name,

@@ -21,7 +21,7 @@ import yaml
 from dispatcher.app import create_app
 from dispatcher.config import load_settings, settings_from_dict
 
-from .monitoring import CONTRACT, ROOT, RULES
+from .kit.monitoring import CONTRACT, ROOT, RULES
 
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"

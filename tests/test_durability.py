@@ -32,7 +32,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from .helpers import Receiver, receiver
+from .kit.receiver import Receiver, receiver
 
 pytestmark = [pytest.mark.allow_blocking, pytest.mark.slow]
 

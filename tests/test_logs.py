@@ -19,7 +19,9 @@ from dispatcher.config import settings_from_dict
 from dispatcher.message import Message
 from dispatcher.observe import logs
 
-from .helpers import eventually, receiver, running, webhook_settings
+from .factories import webhook_settings
+from .kit.receiver import receiver
+from .kit.run import eventually, running
 
 SECRET = "whsec_" + "c2VjcmV0LXNpZ25pbmcta2V5LWZvci10ZXN0cw=="
 PAYLOAD = b'{"card": "SECRET-PAYLOAD-4242"}'

@@ -21,8 +21,10 @@ from dispatcher.state import DISPATCHER
 
 from .bench import handlers
 from .conftest import require_service
-from .helpers import Receiver, eventually, receiver, webhook_settings
-from .metrics_helpers import parse, scrape, value
+from .factories import webhook_settings
+from .kit.metrics import parse, scrape, value
+from .kit.receiver import Receiver, receiver
+from .kit.run import eventually
 
 ADMIN = {"Authorization": "Bearer adm"}
 POOLS = ("ok", "flaky", "dead", "perm", "slow")

@@ -34,18 +34,16 @@ from dispatcher.stores.base import Claim
 from dispatcher.stores.memory import MemoryStore
 from dispatcher.stores.sqlite import SqliteStore
 
-from .api_helpers import ADMIN, READ, api_settings
-from .helpers import eventually
+from .factories import doomed_pool, settings
+from .kit.api import ADMIN, READ, api_settings
+from .kit.run import eventually
 
 
 def _settings(tmp_path: Path, **pool: Any) -> Any:
-    return settings_from_dict(
-        {
-            "store": {"url": f"sqlite:///{tmp_path}/d.db", "min_free_bytes": 0},
-            "pools": {"p": {"sink": {"type": "log"}, **pool}},
-            "routes": [{"match": "t", "pools": ["p"]}],
-        },
-        env={},
+    return settings(
+        store={"url": f"sqlite:///{tmp_path}/d.db", "min_free_bytes": 0},
+        pools={"p": {"sink": {"type": "log"}, **pool}},
+        routes=[{"match": "t", "pools": ["p"]}],
     )
 
 
@@ -256,19 +254,11 @@ async def _dead_letters(tmp_path: Path, n: int, monkeypatch: pytest.MonkeyPatch)
 
 def _doomed_settings(url: str) -> Any:
     """One pool whose every message is dead-lettered at once; an admin token."""
-    return settings_from_dict(
-        {
-            "store": {"url": url, "min_free_bytes": 0},
-            "auth": {"tokens": [{"name": "ops", "token": "admin-token", "scopes": ["admin"]}]},
-            "pools": {
-                "p": {
-                    "sink": {"type": "python", "handler": "tests.api_helpers:fail"},
-                    "retry": {"max_attempts": 1},
-                }
-            },
-            "routes": [{"match": "t", "pools": ["p"]}],
-        },
-        env={},
+    return settings(
+        store={"url": url, "min_free_bytes": 0},
+        auth={"tokens": [{"name": "ops", "token": "admin-token", "scopes": ["admin"]}]},
+        pools={"p": doomed_pool()},
+        routes=[{"match": "t", "pools": ["p"]}],
     )
 
 
