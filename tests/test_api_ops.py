@@ -12,6 +12,7 @@ import pytest
 
 from dispatcher.app import create_app
 
+from .factories import settings
 from .kit.api import ADMIN, OPERATE, PRODUCE, READ, api_settings
 from .kit.run import eventually
 
@@ -186,10 +187,7 @@ async def test_scopes(client: Client) -> None:
 
 
 async def test_generated_admin_token(aiohttp_client: Any, tmp_path: Path) -> None:
-    from dispatcher.config import settings_from_dict
-
-    settings = settings_from_dict({"store": {"url": "memory://"}}, env={})
-    app = create_app(settings)
+    app = create_app(settings())
     client = await aiohttp_client(app)
     from dispatcher.state import AUTH
 
