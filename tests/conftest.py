@@ -1,13 +1,19 @@
 """Shared fixtures. Strictness lives in pyproject (warnings are errors, per-test timeout);
-the `blockbuster` guard below fails any test whose code blocks the event loop."""
+the `blockbuster` guard below fails any test whose code blocks the event loop. `client` is
+the API tests' app (tests/kit/api.py) on each store."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
+
+from dispatcher.app import create_app
+from tests.kit.api import api_settings
 
 IN_CI = bool(os.environ.get("CI"))
 
@@ -30,3 +36,9 @@ def require_service(name: str, reason: str) -> None:
     if IN_CI:
         pytest.fail(f"{name} is required in CI: {reason}")
     pytest.skip(f"{name} not available: {reason}")
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def client(request: pytest.FixtureRequest, aiohttp_client: Any, tmp_path: Path) -> Any:
+    """The API tests' app on the memory store and on a SQLite file, behind a test client."""
+    return await aiohttp_client(create_app(api_settings(request.param, tmp_path)))

@@ -5,7 +5,6 @@ payload, other attributes -> ce-* headers on the webhook, traceparent -> trace."
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,19 +16,13 @@ from cloudevents.core.bindings.http import (
 )
 from cloudevents.core.v1.event import CloudEvent
 
-from dispatcher.app import create_app
 from dispatcher.http.cloudevent import message_id
 from dispatcher.state import DISPATCHER
 
-from .api_helpers import PRODUCE, READ, api_settings
+from .kit.api import PRODUCE, READ
 
 TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 Client = Any
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-async def client(request: pytest.FixtureRequest, aiohttp_client: Any, tmp_path: Path) -> Client:
-    return await aiohttp_client(create_app(api_settings(request.param, tmp_path)))
 
 
 def event(data: Any = None, **attrs: Any) -> CloudEvent:

@@ -19,7 +19,7 @@ from dispatcher.app import create_app
 from dispatcher.http import malformed
 from dispatcher.state import DISPATCHER
 
-from .api_helpers import ADMIN, PRODUCE, READ, api_settings
+from .kit.api import ADMIN, PRODUCE, READ, api_settings
 
 Client = Any
 
@@ -32,11 +32,11 @@ def as_served() -> Iterator[None]:
     malformed.uninstall()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-async def client(
-    request: pytest.FixtureRequest, aiohttp_client: Any, tmp_path: Path, as_served: None
-) -> Client:
-    return await aiohttp_client(create_app(api_settings(request.param, tmp_path)))
+@pytest.fixture
+def client(as_served: None, client: Client) -> Client:
+    """The shared API client (tests/conftest.py), with `dispatcher serve`'s patch installed
+    before the app is built."""
+    return client
 
 
 def test_building_the_app_patches_nothing_process_wide(tmp_path: Path) -> None:

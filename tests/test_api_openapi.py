@@ -21,7 +21,7 @@ from schemathesis.checks import not_a_server_error
 from dispatcher.app import create_app
 from dispatcher.http.openapi import DOCUMENT
 
-from .api_helpers import ADMIN, api_settings
+from .kit.api import ADMIN, api_settings
 
 _NOT_API = ("/console", "/static")
 

@@ -12,15 +12,11 @@ import pytest
 
 from dispatcher.app import create_app
 
-from .api_helpers import ADMIN, OPERATE, PRODUCE, READ, api_settings
-from .helpers import eventually
+from .factories import settings
+from .kit.api import ADMIN, OPERATE, PRODUCE, READ, api_settings
+from .kit.run import eventually
 
 Client = Any
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-async def client(request: pytest.FixtureRequest, aiohttp_client: Any, tmp_path: Path) -> Client:
-    return await aiohttp_client(create_app(api_settings(request.param, tmp_path)))
 
 
 async def dead(client: Client, n: int, tag: str = "doom.x") -> list[str]:
@@ -191,10 +187,7 @@ async def test_scopes(client: Client) -> None:
 
 
 async def test_generated_admin_token(aiohttp_client: Any, tmp_path: Path) -> None:
-    from dispatcher.config import settings_from_dict
-
-    settings = settings_from_dict({"store": {"url": "memory://"}}, env={})
-    app = create_app(settings)
+    app = create_app(settings())
     client = await aiohttp_client(app)
     from dispatcher.state import AUTH
 

@@ -15,8 +15,8 @@ from dispatcher.app import create_app
 from dispatcher.errors import BacklogFull, Unroutable
 from dispatcher.http.api import Singles
 
-from .api_helpers import PRODUCE, READ, api_settings
-from .helpers import running
+from .kit.api import PRODUCE, READ, api_settings
+from .kit.run import running
 
 
 @pytest.fixture(params=["memory", "sqlite"])

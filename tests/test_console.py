@@ -16,8 +16,9 @@ from dispatcher import Publish
 from dispatcher.app import create_app
 from dispatcher.message import DlqFilter
 from dispatcher.state import DISPATCHER
-from tests.console_kit import ADMIN, OPERATE, PRODUCE, READ, console_settings, csrf_of, dead_letters
-from tests.helpers import Receiver, eventually, receiver
+from tests.kit.console import ADMIN, OPERATE, PRODUCE, READ, console_settings, csrf_of, dead_letters
+from tests.kit.receiver import Receiver, receiver
+from tests.kit.run import eventually
 
 Client = TestClient[web.Request, web.Application]
 

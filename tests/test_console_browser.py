@@ -24,8 +24,9 @@ from dispatcher.dispatcher import Dispatcher
 from dispatcher.message import DlqFilter
 from dispatcher.state import DISPATCHER
 from tests.conftest import require_service
-from tests.console_kit import OPERATE, console_settings, dead_letters
-from tests.helpers import Receiver, eventually, receiver
+from tests.kit.console import OPERATE, console_settings, dead_letters
+from tests.kit.receiver import Receiver, receiver
+from tests.kit.run import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -12,12 +12,13 @@ from console.pools import parse_throttle
 from console.sampler import sparkline
 from console.sessions import IDLE_TIMEOUT, LoginLimiter, Sessions
 from dispatcher.auth import Principal
-from dispatcher.message import DeadReason, DlqEntry, Message
+from dispatcher.message import DeadReason, DlqEntry
+
+from .factories import message
 
 
 def entry(error: str | None, pool: str = "email", at: float = 1.0) -> DlqEntry:
-    message = Message(id="m", tag="t", payload=b"{}", created_at=0.0)
-    return DlqEntry(message, pool, 1, error, at, DeadReason.MAX_ATTEMPTS)
+    return DlqEntry(message("m", tag="t", created=0.0), pool, 1, error, at, DeadReason.MAX_ATTEMPTS)
 
 
 def test_fingerprints_hide_what_varies_and_keep_status_codes() -> None:

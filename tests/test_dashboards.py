@@ -15,9 +15,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from dispatcher.app import create_app
-from dispatcher.config import settings_from_dict
 
-from .monitoring import (
+from . import factories
+from .kit.monitoring import (
     CONTRACT,
     ROOT,
     base_name,
@@ -150,17 +150,10 @@ def test_metric_names_are_the_contract_ones() -> None:
 
 @pytest.fixture
 def settings() -> Any:
-    return settings_from_dict(
-        {
-            "store": {"url": "memory://"},
-            "auth": {"tokens": [{"name": "t", "token": "tok", "scopes": ["read"]}]},
-            "pools": {
-                "email": {"rate": 5, "sink": {"type": "demo"}},
-                "sms": {"sink": {"type": "demo"}},
-            },
-            "routes": [{"match": "a.>", "pools": ["email", "sms"]}],
-        },
-        env={},
+    return factories.settings(
+        auth={"tokens": [{"name": "t", "token": "tok", "scopes": ["read"]}]},
+        pools={"email": {"rate": 5, "sink": {"type": "demo"}}, "sms": {"sink": {"type": "demo"}}},
+        routes=[{"match": "a.>", "pools": ["email", "sms"]}],
     )
 
 

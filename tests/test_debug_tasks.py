@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from dispatcher.app import create_app
-from dispatcher.config import settings_from_dict
+
+from .factories import settings
 
 TOKENS = [
     {"name": "ops", "token": "adm", "scopes": ["admin"]},
@@ -18,19 +19,18 @@ TOKENS = [
 
 @pytest.fixture
 async def client(aiohttp_client: Callable[..., Any]) -> Any:
-    settings = settings_from_dict(
-        {
-            "store": {"url": "memory://"},
-            "auth": {"tokens": TOKENS},
-            "pools": {
-                "email": {"concurrency": 3, "sink": {"type": "log"}},
-                "sms": {"concurrency": 2, "sink": {"type": "log"}},
-            },
-            "routes": [{"match": "t", "pools": ["email", "sms"]}],
-        },
-        env={},
+    return await aiohttp_client(
+        create_app(
+            settings(
+                auth={"tokens": TOKENS},
+                pools={
+                    "email": {"concurrency": 3, "sink": {"type": "log"}},
+                    "sms": {"concurrency": 2, "sink": {"type": "log"}},
+                },
+                routes=[{"match": "t", "pools": ["email", "sms"]}],
+            )
+        )
     )
-    return await aiohttp_client(create_app(settings))
 
 
 async def test_json_lists_every_worker_by_name(client: Any) -> None:

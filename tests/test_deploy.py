@@ -21,7 +21,8 @@ import yaml
 from dispatcher.app import create_app
 from dispatcher.config import load_settings, settings_from_dict
 
-from .monitoring import CONTRACT, ROOT, RULES
+from . import factories
+from .kit.monitoring import CONTRACT, ROOT, RULES
 
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
@@ -167,8 +168,7 @@ async def test_dockerfile_healthcheck_command_passes_and_fails(aiohttp_server: A
     (check,) = [args for word, args in dockerfile() if word == "HEALTHCHECK"]
     argv = json.loads(check[check.index("CMD") + 3 :])
     assert argv[0] == "python"
-    settings = settings_from_dict({"store": {"url": "memory://"}}, env={})
-    server = await aiohttp_server(create_app(settings))
+    server = await aiohttp_server(create_app(factories.settings()))
 
     async def run(port: int) -> int:
         env = {**os.environ, "HEALTHCHECK_PORT": str(port)}

@@ -32,7 +32,8 @@ import pytest
 import yaml
 from aiohttp import web
 
-from .helpers import Receiver, receiver
+from .factories import webhook_config
+from .kit.receiver import Receiver, receiver
 
 pytestmark = [pytest.mark.allow_blocking, pytest.mark.slow]
 
@@ -70,22 +71,21 @@ class Server:
 def write_config(
     tmp_path: Path, receiver_url: str, *, concurrency: int, grace: float, **pool: Any
 ) -> Path:
-    config = {
-        "server": {"grace_period": grace},
-        "store": {"url": f"sqlite:///{tmp_path / 'd.db'}", "min_free_bytes": 0},
-        "auth": {"tokens": [{"name": "t", "token": TOKEN, "scopes": list(SCOPES)}]},
-        "pools": {
+    config = webhook_config(
+        receiver_url,
+        {
             POOL: {
                 "concurrency": concurrency,
                 "timeout": 10,
                 "retry": {"max_attempts": 5, "initial_backoff": 0.1, "max_backoff": 0.5},
-                "sink": {"type": "webhook", "url": f"{receiver_url}/{POOL}"},
                 **pool,
             }
         },
-        "routes": [{"match": "dur.>", "pools": [POOL]}],
-        "security": {"webhook_allow_cidrs": ["127.0.0.1/32"]},
-    }
+        [{"match": "dur.>", "pools": [POOL]}],
+        server={"grace_period": grace},
+        store={"url": f"sqlite:///{tmp_path / 'd.db'}", "min_free_bytes": 0},
+        auth={"tokens": [{"name": "t", "token": TOKEN, "scopes": list(SCOPES)}]},
+    )
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path

@@ -14,7 +14,9 @@ from dispatcher import Dispatcher, Publish
 from dispatcher.errors import BacklogFull, Unroutable
 from dispatcher.message import DlqFilter, State
 
-from .helpers import eventually, receiver, running, webhook_settings
+from .factories import webhook_settings
+from .kit.receiver import receiver
+from .kit.run import eventually, running
 
 
 @pytest.fixture(params=["sqlite", "memory"])

@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 
 from dispatcher import Dispatcher, Publish, cli
-from dispatcher.config import settings_from_dict
 from dispatcher.message import Message
 from dispatcher.observe import logs
 
-from .helpers import eventually, receiver, running, webhook_settings
+from . import factories
+from .kit.receiver import receiver
+from .kit.run import eventually, running
 
 SECRET = "whsec_" + "c2VjcmV0LXNpZ25pbmcta2V5LWZvci10ZXN0cw=="
 PAYLOAD = b'{"card": "SECRET-PAYLOAD-4242"}'
@@ -60,7 +61,7 @@ async def test_json_lines_carry_the_attempt_context_and_no_payload() -> None:
     try:
         async with receiver() as rec:
             rec.script = lambda name, n: 400  # permanent: dead-lettered at once, a WARNING
-            settings = webhook_settings(
+            settings = factories.webhook_settings(
                 rec.url,
                 {
                     "hooks": {
@@ -98,13 +99,9 @@ async def test_a_handlers_own_logs_get_the_context_and_tty_is_human() -> None:
     stream = Tty()
     output = await asyncio.to_thread(logs.configure, "INFO", stream)
     try:
-        settings = settings_from_dict(
-            {
-                "store": {"url": "memory://"},
-                "pools": {"py": {"sink": {"type": "python", "handler": f"{__name__}:handler"}}},
-                "routes": [{"match": "t", "pools": ["py"]}],
-            },
-            env={},
+        settings = factories.settings(
+            pools={"py": {"sink": {"type": "python", "handler": f"{__name__}:handler"}}},
+            routes=[{"match": "t", "pools": ["py"]}],
         )
         async with running(Dispatcher(settings)) as d:
             (accepted,) = await d.publish([Publish("t", b"{}")])

@@ -15,14 +15,15 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.openmetrics import parser as openmetrics_parser
 
 from dispatcher.app import create_app
-from dispatcher.config import settings_from_dict
 from dispatcher.message import DlqFilter
 from dispatcher.state import DISPATCHER
 
+from . import factories
 from .bench import handlers
 from .conftest import require_service
-from .helpers import Receiver, eventually, receiver, webhook_settings
-from .metrics_helpers import parse, scrape, value
+from .kit.metrics import parse, scrape, value
+from .kit.receiver import Receiver, receiver
+from .kit.run import eventually
 
 ADMIN = {"Authorization": "Bearer adm"}
 POOLS = ("ok", "flaky", "dead", "perm", "slow")
@@ -55,7 +56,7 @@ async def rig(
         seen: list[tuple[str, int, int | str]] = []
         rec.script = answer(rec, seen)
         retry = {"max_attempts": 2, "initial_backoff": 0.01, "max_backoff": 0.02}
-        settings = webhook_settings(
+        settings = factories.webhook_settings(
             rec.url,
             {name: {"retry": retry, "timeout": 0.3, "max_backlog": 100} for name in POOLS},
             [{"match": f"{name}.>", "pools": [name]} for name in POOLS],
@@ -209,13 +210,8 @@ async def test_every_config_series_exists_at_zero_before_any_traffic(rig: Any) -
 
 async def test_ten_thousand_tags_add_no_series(aiohttp_client: Callable[..., Any]) -> None:
     sink = {"type": "python", "handler": "tests.bench.handlers:noop"}
-    settings = settings_from_dict(
-        {
-            "store": {"url": "memory://"},
-            "pools": {"a": {"sink": sink, "concurrency": 32}},
-            "routes": [{"match": "t.>", "pools": ["a"]}],
-        },
-        env={},
+    settings = factories.settings(
+        pools={"a": {"sink": sink, "concurrency": 32}}, routes=[{"match": "t.>", "pools": ["a"]}]
     )
     handlers.reset(10_001)
     client = await aiohttp_client(create_app(settings))
@@ -304,7 +300,7 @@ async def test_a_failing_observer_never_breaks_a_delivery(
     monkeypatch.setattr(MetricsMiddleware, "after_attempt", explode)
     monkeypatch.setattr(MetricsMiddleware, "before_attempt", explode)
     async with receiver() as rec:
-        settings = webhook_settings(rec.url, {"a": {}}, [{"match": "t", "pools": ["a"]}])
+        settings = factories.webhook_settings(rec.url, {"a": {}}, [{"match": "t", "pools": ["a"]}])
         client = await aiohttp_client(create_app(settings))
         await client.app[DISPATCHER].publish([_publish("t") for _ in range(5)])
         await rec.wait_for(5)
@@ -320,7 +316,7 @@ async def test_a_failing_observer_never_breaks_a_delivery(
 
 async def test_metrics_are_per_app_not_global(aiohttp_client: Callable[..., Any]) -> None:
     async with receiver() as rec:
-        settings = webhook_settings(rec.url, {"a": {}}, [{"match": "t", "pools": ["a"]}])
+        settings = factories.webhook_settings(rec.url, {"a": {}}, [{"match": "t", "pools": ["a"]}])
         one = await aiohttp_client(create_app(settings))
         two = await aiohttp_client(create_app(settings))
         await one.app[DISPATCHER].publish([_publish("t")])

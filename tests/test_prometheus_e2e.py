@@ -32,7 +32,15 @@ import pytest
 import yaml
 
 from .conftest import require_service
-from .monitoring import RULES, Query, dashboards, panel_queries, rule_queries, substitute, with_bool
+from .kit.monitoring import (
+    RULES,
+    Query,
+    dashboards,
+    panel_queries,
+    rule_queries,
+    substitute,
+    with_bool,
+)
 
 pytestmark = [pytest.mark.allow_blocking, pytest.mark.slow]
 

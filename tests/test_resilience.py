@@ -23,8 +23,6 @@ from dispatcher.message import (
     Completion,
     DlqFilter,
     Job,
-    Message,
-    NewMessage,
     Outcome,
     State,
 )
@@ -35,18 +33,16 @@ from dispatcher.stores.sqlite import SqliteStore
 from dispatcher.stores.sqlite import store as sqlite_store
 from dispatcher.stores.sqlite import writes as sqlite_writes
 
-from .api_helpers import ADMIN, READ, api_settings
-from .helpers import eventually
+from . import factories
+from .kit.api import ADMIN, READ, api_settings
+from .kit.run import eventually
 
 
 def _settings(tmp_path: Path, **pool: Any) -> Any:
-    return settings_from_dict(
-        {
-            "store": {"url": f"sqlite:///{tmp_path}/d.db", "min_free_bytes": 0},
-            "pools": {"p": {"sink": {"type": "log"}, **pool}},
-            "routes": [{"match": "t", "pools": ["p"]}],
-        },
-        env={},
+    return factories.settings(
+        store={"url": f"sqlite:///{tmp_path}/d.db", "min_free_bytes": 0},
+        pools={"p": {"sink": {"type": "log"}, **pool}},
+        routes=[{"match": "t", "pools": ["p"]}],
     )
 
 
@@ -157,7 +153,7 @@ async def test_acker_isolates_an_outcome_the_store_refuses() -> None:
     await store.open()
     now = time.time()
     await store.enqueue(
-        [NewMessage(Message(i, "t", b"{}", now), ("p",)) for i in ("poison", "fine")]
+        [factories.new_message(i, tag="t", created=now) for i in ("poison", "fine")]
     )
     jobs = (await store.claim("p", 10, now)).jobs
     applied: list[Completion] = []
@@ -165,7 +161,7 @@ async def test_acker_isolates_an_outcome_the_store_refuses() -> None:
     acker.start()
     try:
         for job in jobs:
-            acker.add(Completion(job, Attempt(1, now, 0.01, Outcome.SUCCESS)))
+            acker.add(factories.delivered(job, now))
         assert await acker.flush(timeout=5)
         assert [c.job.message.id for c in applied] == ["fine"]
         status = await store.get_message("fine")
@@ -258,19 +254,11 @@ async def _dead_letters(tmp_path: Path, n: int, monkeypatch: pytest.MonkeyPatch)
 
 def _doomed_settings(url: str) -> Any:
     """One pool whose every message is dead-lettered at once; an admin token."""
-    return settings_from_dict(
-        {
-            "store": {"url": url, "min_free_bytes": 0},
-            "auth": {"tokens": [{"name": "ops", "token": "admin-token", "scopes": ["admin"]}]},
-            "pools": {
-                "p": {
-                    "sink": {"type": "python", "handler": "tests.api_helpers:fail"},
-                    "retry": {"max_attempts": 1},
-                }
-            },
-            "routes": [{"match": "t", "pools": ["p"]}],
-        },
-        env={},
+    return factories.settings(
+        store={"url": url, "min_free_bytes": 0},
+        auth={"tokens": [{"name": "ops", "token": "admin-token", "scopes": ["admin"]}]},
+        pools={"p": factories.doomed_pool()},
+        routes=[{"match": "t", "pools": ["p"]}],
     )
 
 

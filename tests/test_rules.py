@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from .monitoring import PROMETHEUS_CONFIG, ROOT, RULE_TESTS, RULES, promtool, rules
+from .kit.monitoring import PROMETHEUS_CONFIG, ROOT, RULE_TESTS, RULES, promtool, rules
 
 RUNBOOKS = ROOT / "deploy" / "prometheus" / "runbooks.md"
 #: What issue 6 asks the alerts to cover, by alert name.

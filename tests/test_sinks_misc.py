@@ -9,6 +9,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -18,24 +19,16 @@ from aiohttp.test_utils import TestClient
 
 from dispatcher.config import DemoSinkConfig, LogSinkConfig, SecurityConfig, WebsocketSinkConfig
 from dispatcher.errors import Permanent, Retry
-from dispatcher.message import Job, Message
 from dispatcher.sinks import SinkContext, SubscriberHub, build_sink
 from dispatcher.sinks.demo import DemoSink
 from dispatcher.sinks.log import LogSink
 from dispatcher.sinks.websocket import WebsocketSink
 
+from . import factories
 
-def job(
-    msg_id: str = "m-1",
-    tag: str = "orders.created",
-    payload: bytes = b'{"total": 12.5, "items":[1,2]}',
-    headers: dict[str, str] | None = None,
-    pool: str = "push",
-) -> Job:
-    message = Message(
-        id=msg_id, tag=tag, payload=payload, created_at=time.time(), headers=headers or {}
-    )
-    return Job(key=1, pool=pool, message=message, attempts=0, enqueued_at=time.time())
+job = partial(
+    factories.job, pool="push", tag="orders.created", payload=b'{"total": 12.5, "items":[1,2]}'
+)
 
 
 def draws(*values: float) -> Callable[[], float]:
@@ -90,7 +83,7 @@ def test_build_sink_makes_demo_and_log_sinks() -> None:
 async def test_log_sink_logs_metadata_never_the_payload(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="dispatcher.sink.log")
     sink = LogSink("audit", LogSinkConfig())
-    await sink.deliver(job("m-42", "user.signup", b'{"password":"SECRET-PAYLOAD"}'), 2)
+    await sink.deliver(job("m-42", tag="user.signup", payload=b'{"password":"SECRET-PAYLOAD"}'), 2)
     [record] = caplog.records
     assert record.name == "dispatcher.sink.log"
     assert record.levelno == logging.INFO
@@ -291,13 +284,13 @@ async def test_websocket_patterns_and_wildcards(
     clicks = await connect("clicks.>", "ack")
     exact = await connect("user.signup", "ack")
     sink = ws_sink(hub)
-    await sink.deliver(job("a", "orders.created"), 1)
-    await sink.deliver(job("b", "clicks.page.home"), 1)
-    await sink.deliver(job("c", "clicks.button"), 1)
-    await sink.deliver(job("d", "user.signup"), 1)
+    await sink.deliver(job("a", tag="orders.created"), 1)
+    await sink.deliver(job("b", tag="clicks.page.home"), 1)
+    await sink.deliver(job("c", tag="clicks.button"), 1)
+    await sink.deliver(job("d", tag="user.signup"), 1)
     for unmatched in ("orders.created.eu", "clicks", "user.signup.eu", "orders"):
         with pytest.raises(Retry, match="no websocket subscriber"):
-            await sink.deliver(job("x", unmatched), 1)
+            await sink.deliver(job("x", tag=unmatched), 1)
     assert [f["id"] for f in orders.frames] == ["a"]
     assert [f["id"] for f in clicks.frames] == ["b", "c"]
     assert [f["id"] for f in exact.frames] == ["d"]
@@ -310,7 +303,7 @@ async def test_websocket_round_robin(
     second = await connect("jobs.*", "ack")
     sink = ws_sink(hub)
     for i in range(6):
-        await sink.deliver(job(f"r{i}", "jobs.run"), 1)
+        await sink.deliver(job(f"r{i}", tag="jobs.run"), 1)
     assert len(first.frames) == len(second.frames) == 3
 
 

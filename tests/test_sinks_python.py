@@ -8,14 +8,17 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 
 import pytest
 
 from dispatcher.config import PythonSinkConfig, SecurityConfig
 from dispatcher.errors import ConfigError, Permanent, Retry
-from dispatcher.message import Job, Message
+from dispatcher.message import Message
 from dispatcher.sinks import SinkContext, build_sink
 from dispatcher.sinks.python import PythonSink
+
+from . import factories
 
 SEEN: dict[str, tuple[str, str, bytes]] = {}  # message id -> (kind, thread name, payload)
 
@@ -55,9 +58,7 @@ callable_handler = AsyncCallable()
 not_callable = 42
 
 
-def job(msg_id: str, payload: bytes = b'{"n":1}') -> Job:
-    message = Message(id=msg_id, tag="t.x", payload=payload, created_at=time.time())
-    return Job(key=1, pool="analytics", message=message, attempts=0, enqueued_at=time.time())
+job = partial(factories.job, pool="analytics", tag="t.x", payload=b'{"n":1}')
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import email.utils
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -17,11 +18,12 @@ from standardwebhooks.webhooks import Webhook
 
 from dispatcher.config import SecurityConfig, WebhookSinkConfig
 from dispatcher.errors import ConfigError, Permanent, Retry
-from dispatcher.message import Job, Message
 from dispatcher.signing import Signer
 from dispatcher.sinks import SinkContext, build_sink
 from dispatcher.sinks.base import current_traceparent
 from dispatcher.sinks.webhook import WebhookSink, parse_retry_after
+
+from . import factories
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 LOOPBACK = SecurityConfig(webhook_allow_cidrs=("127.0.0.1/32",))
@@ -95,22 +97,14 @@ def recorder(server: TestServer) -> Recorder:
     return rec
 
 
-def make_job(
-    payload: bytes = b'{"b": 2,  "a":1,"s":"caf\\u00e9 \xc3\xa9"}',
-    headers: dict[str, str] | None = None,
-    trace: str | None = TRACE,
-    msg_id: str = "msg-0001",
-    tag: str = "orders.created",
-) -> Job:
-    message = Message(
-        id=msg_id,
-        tag=tag,
-        payload=payload,
-        created_at=time.time(),
-        headers=headers or {},
-        trace=trace,
-    )
-    return Job(key=1, pool="email", message=message, attempts=0, enqueued_at=time.time())
+make_job = partial(
+    factories.job,
+    "msg-0001",
+    pool="email",
+    tag="orders.created",
+    payload=b'{"b": 2,  "a":1,"s":"caf\\u00e9 \xc3\xa9"}',
+    trace=TRACE,
+)
 
 
 def sink(

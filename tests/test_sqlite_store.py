@@ -26,8 +26,6 @@ from dispatcher.message import (
     DeadReason,
     DlqFilter,
     Job,
-    Message,
-    NewMessage,
     Outcome,
     State,
 )
@@ -39,14 +37,9 @@ from dispatcher.stores.sqlite import writes as sqlite_writes
 from dispatcher.stores.sqlite.claims import ClaimBooks, Delta
 from dispatcher.stores.sqlite.rows import NewRows, outcome_rows
 
-T0 = 1_700_000_000.0
+from .factories import T0, dead, delivered, new_message, retry
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def new(id: str, *pools: str, created: float = T0) -> NewMessage:
-    return NewMessage(
-        Message(id=id, tag="t", payload=id.encode(), created_at=created), pools or ("p",)
-    )
 
 
 @pytest.fixture
@@ -106,11 +99,10 @@ async def test_big_batches_fit_an_old_sqlite_parameter_limit(store: SqliteStore)
     # SQLite before 3.32 binds at most 999 parameters per statement.
     limit = sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER
     await on_writer(store, lambda db: db.setlimit(limit, 999))
-    assert await store.enqueue([new(f"m{i}") for i in range(1000)]) == [True] * 1000
+    assert await store.enqueue([new_message(f"m{i}") for i in range(1000)]) == [True] * 1000
     jobs = (await store.claim("p", 1000, T0 + 1)).jobs
     assert len(jobs) == 1000
-    done = Attempt(1, T0 + 2, 0.01, Outcome.SUCCESS)
-    await store.complete([Completion(j, done) for j in jobs])
+    await store.complete([delivered(j, T0 + 2) for j in jobs])
     assert await store.counts(T0 + 3) == {}
 
 
@@ -126,7 +118,7 @@ async def test_one_named_writer_thread(store: SqliteStore) -> None:
 
 async def test_group_commit_batches_concurrent_requests(store: SqliteStore) -> None:
     before = store.commits
-    results = await asyncio.gather(*(store.enqueue([new(f"m{i}")]) for i in range(500)))
+    results = await asyncio.gather(*(store.enqueue([new_message(f"m{i}")]) for i in range(500)))
     assert results == [[True]] * 500
     commits = store.commits - before
     assert 1 <= commits <= 50, commits
@@ -134,7 +126,7 @@ async def test_group_commit_batches_concurrent_requests(store: SqliteStore) -> N
 
 
 async def test_a_failing_request_does_not_fail_its_group(store: SqliteStore) -> None:
-    await store.enqueue([new("existing")])
+    await store.enqueue([new_message("existing")])
     release = threading.Event()
     # Hold the writer busy so that the next requests queue up and form one group.
     busy = asyncio.ensure_future(on_writer(store, lambda _db: release.wait(5)))
@@ -147,9 +139,9 @@ async def test_a_failing_request_does_not_fail_its_group(store: SqliteStore) -> 
             "INSERT INTO messages VALUES (1, 'dup-mid', 't', x'00', NULL, 0, 0, 0, NULL)"
         )  # mid 1 is taken: IntegrityError
 
-    a = asyncio.ensure_future(store.enqueue([new("a")]))
+    a = asyncio.ensure_future(store.enqueue([new_message("a")]))
     bad = asyncio.ensure_future(on_writer(store, write_then_fail))
-    b = asyncio.ensure_future(store.enqueue([new("b")]))
+    b = asyncio.ensure_future(store.enqueue([new_message("b")]))
     await asyncio.sleep(0.05)
     release.set()
     assert await busy is True
@@ -170,7 +162,7 @@ async def test_commit_failure_fails_every_request_of_the_group(store: SqliteStor
     with pytest.raises(StoreError):
         await on_writer(store, lambda db: db.execute("COMMIT"))
     # The writer survives and keeps serving.
-    assert await store.enqueue([new("after")]) == [True]
+    assert await store.enqueue([new_message("after")]) == [True]
     assert await store.ping()
 
 
@@ -184,7 +176,7 @@ async def test_a_savepoint_that_cannot_be_undone_fails_the_group_not_the_writer(
     with pytest.raises(StoreError, match="boom"):
         await on_writer(store, undo_own_savepoint_then_fail)
     assert await store.ping()
-    assert await store.enqueue([new("after")]) == [True]
+    assert await store.enqueue([new_message("after")]) == [True]
 
 
 # Tolerated: the writer thread is killed on purpose, and pytest reports the thread's death.
@@ -197,19 +189,19 @@ async def test_a_dead_writer_fails_fast_instead_of_hanging(store: SqliteStore) -
         await on_writer(store, die)
     assert not await store.ping()
     with pytest.raises(StoreError, match="stopped"):
-        await store.enqueue([new("m")])
+        await store.enqueue([new_message("m")])
     await store.close()  # still returns
 
 
 async def test_close_drains_pending_work(db_path: Path) -> None:
     s = SqliteStore(str(db_path))
     await s.open()
-    tasks = [asyncio.ensure_future(s.enqueue([new(f"m{i}")])) for i in range(200)]
+    tasks = [asyncio.ensure_future(s.enqueue([new_message(f"m{i}")])) for i in range(200)]
     await asyncio.sleep(0)  # let every task put its request on the queue
     await s.close()
     assert [t.result() for t in tasks] == [[True]] * 200
     with pytest.raises(StoreError):
-        await s.enqueue([new("late")])
+        await s.enqueue([new_message("late")])
 
     s2 = SqliteStore(str(db_path))
     await s2.open()
@@ -222,7 +214,7 @@ async def test_close_drains_pending_work(db_path: Path) -> None:
 async def test_counters_are_rebuilt_on_open(db_path: Path) -> None:
     s = SqliteStore(str(db_path))
     await s.open()
-    await s.enqueue([new(f"m{i}", "a", "b", created=T0 + i) for i in range(5)])
+    await s.enqueue([new_message(f"m{i}", "a", "b", created=T0 + i) for i in range(5)])
     jobs = (await s.claim("a", 2, T0 + 10)).jobs
     before = await s.counts(T0 + 10)
     claimed = await s.get_message(jobs[0].message.id)
@@ -247,7 +239,7 @@ async def test_counters_are_rebuilt_on_open(db_path: Path) -> None:
 async def test_claims_marked_on_disk_by_earlier_versions_are_requeued(db_path: Path) -> None:
     s = SqliteStore(str(db_path))
     await s.open()
-    await s.enqueue([new(f"m{i}", "a", created=T0 + i) for i in range(3)])
+    await s.enqueue([new_message(f"m{i}", "a", created=T0 + i) for i in range(3)])
     await s.close()
     with contextlib.closing(sqlite3.connect(db_path)) as db, db:
         db.execute("UPDATE jobs SET state = 1 WHERE mid <= 2")  # as versions before claims.Claims
@@ -275,29 +267,17 @@ async def test_bulk_dlq_operations_chunk(
     store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sqlite_module, "_CHUNK", 7)
-    from dispatcher.message import Attempt, Completion, DeadReason, DlqFilter, Outcome
+    from dispatcher.message import DlqFilter
 
-    await store.enqueue([new(f"m{i:02}", created=T0 + i) for i in range(30)])
+    await store.enqueue([new_message(f"m{i:02}", created=T0 + i) for i in range(30)])
     jobs = (await store.claim("p", 100, T0 + 100)).jobs
-    await store.complete(
-        [
-            Completion(j, Attempt(1, T0 + k, 0.5, Outcome.FAILURE, "x"), dead=DeadReason.PERMANENT)
-            for k, j in enumerate(jobs)
-        ]
-    )
+    await store.complete([dead(j, T0 + k, "x") for k, j in enumerate(jobs)])
     before = store.commits
     assert await store.dlq_replay(DlqFilter(), T0 + 200, interval=1.0) == {"p": 30}
     assert store.commits - before == 5  # ceil(30 / 7) chunks
     claimed = (await store.claim("p", 100, T0 + 229)).jobs
     assert [j.enqueued_at for j in claimed] == [T0 + 200 + k for k in range(30)]
-    await store.complete(
-        [
-            Completion(
-                j, Attempt(1, T0 + 300, 0.5, Outcome.FAILURE, "x"), dead=DeadReason.PERMANENT
-            )
-            for j in claimed
-        ]
-    )
+    await store.complete([dead(j, T0 + 300, "x") for j in claimed])
     assert await store.dlq_purge(DlqFilter()) == {"p": 30}
     assert await store.dlq_count(DlqFilter()) == 0
     assert await store.get_message("m00") is None
@@ -377,7 +357,7 @@ def _ids(jobs: Any) -> list[str]:
 
 
 async def _four(store: SqliteStore) -> None:
-    await store.enqueue([new(f"a{i}", created=T0 + i) for i in range(4)])
+    await store.enqueue([new_message(f"a{i}", created=T0 + i) for i in range(4)])
 
 
 async def test_a_release_and_a_claim_in_one_group(store: SqliteStore) -> None:
@@ -398,7 +378,7 @@ async def test_two_claims_in_one_group_share_nothing(store: SqliteStore) -> None
 async def test_a_due_retry_and_a_claim_in_one_group(store: SqliteStore) -> None:
     await _four(store)
     (job,) = (await store.claim("p", 1, T0 + 100)).jobs
-    failed = Completion(job, Attempt(1, T0 + 5, 0.1, Outcome.FAILURE, "x"), retry_at=T0 + 6)
+    failed = retry(job, T0 + 5, retry_at=T0 + 6, error="x")
     _, again = await _same_group(store, store.complete([failed]), store.claim("p", 10, T0 + 100))
     assert _ids(again.jobs) == ["a1", "a2", "a3", "a0"]  # a0 is due again at T0 + 6
 
@@ -406,9 +386,7 @@ async def test_a_due_retry_and_a_claim_in_one_group(store: SqliteStore) -> None:
 async def test_an_urgent_enqueue_and_a_claim_in_one_group(store: SqliteStore) -> None:
     await _four(store)
     await store.claim("p", 2, T0 + 100)
-    urgent = NewMessage(
-        Message(id="urgent", tag="t", payload=b"{}", created_at=T0 + 10, priority=5), ("p",)
-    )
+    urgent = new_message("urgent", created=T0 + 10, priority=5)
     _, claim = await _same_group(store, store.enqueue([urgent]), store.claim("p", 1, T0 + 100))
     assert _ids(claim.jobs) == ["urgent"]
 
@@ -473,9 +451,9 @@ async def test_a_job_being_completed_reads_in_flight_until_its_outcome_commits(
     held = _HeldCompletion(store, monkeypatch)
     await store.open()
     try:
-        await store.enqueue([new("m")])
+        await store.enqueue([new_message("m")])
         [job] = (await store.claim("p", 10, T0 + 1)).jobs
-        done = store.complete([Completion(job, Attempt(1, T0 + 2, 0.01, Outcome.SUCCESS))])
+        done = store.complete([delivered(job, T0 + 2)])
         completing = asyncio.ensure_future(done)
         assert await asyncio.to_thread(held.paused.wait, 10)
         held.stale_once = stale
@@ -495,19 +473,22 @@ async def test_a_job_being_completed_reads_in_flight_until_its_outcome_commits(
 
 def test_reads_and_writes_run_on_a_plain_connection(tmp_path: Path) -> None:
     """No threads: the store's reads and writes are functions of any connection to the file."""
-    dead = DeadReason.PERMANENT
     path = str(tmp_path / "plain.db")
     claims = ClaimBooks(threading.Lock())
     with contextlib.closing(schema.connect(path)) as db:
         db.execute("BEGIN")
         schema.migrate(db, path)
-        batch = [new("a", created=T0), new("b", "p", "q", created=T0 + 5)]
+        batch = [new_message("a", created=T0), new_message("b", "p", "q", created=T0 + 5)]
         assert sqlite_writes.enqueue(db, Delta(), claims, NewRows(batch, 0)) == [True, True]
         rows, next_at = sqlite_writes.claim(db, Delta(), claims, "p", 10, T0 + 10)
         assert next_at is None
         jobs = [Job(r[0], "p", sqlite_reads.message(r, 4), r[1], r[2]) for r in rows]
         failed = [
-            Completion(j, Attempt(1, T0 + 20 + k, 0.5, Outcome.FAILURE, "Straße"), dead=dead)
+            Completion(
+                j,
+                Attempt(1, T0 + 20 + k, 0.5, Outcome.FAILURE, "Straße"),
+                dead=DeadReason.PERMANENT,
+            )
             for k, j in enumerate(jobs)
         ]
         sqlite_writes.complete(db, Delta(), claims, outcome_rows(failed))

@@ -20,7 +20,6 @@ from dispatcher.message import (
     DeadReason,
     DlqFilter,
     Job,
-    Message,
     NewMessage,
     Outcome,
     PoolCounts,
@@ -30,9 +29,10 @@ from dispatcher.stores.base import Store, format_dlq_cursor, parse_dlq_cursor
 from dispatcher.stores.memory import MemoryStore
 from dispatcher.stores.sqlite import SqliteStore
 
+from .factories import T0, dead, delivered, message, new_message, retry
+
 BACKENDS = ["memory", "sqlite"]  # "redis" joins with the scale-out store
 
-T0 = 1_700_000_000.0
 LATER = T0 + 1_000_000  # a `now` after everything the tests schedule
 
 
@@ -82,51 +82,8 @@ async def store(harness: Harness) -> Store:
 # --- helpers -----------------------------------------------------------------------------
 
 
-def msg(
-    id: str,
-    *,
-    tag: str = "user.signup",
-    payload: bytes = b"{}",
-    created: float = T0,
-    priority: int = 0,
-    delay: float = 0.0,
-    headers: dict[str, str] | None = None,
-    trace: str | None = None,
-) -> Message:
-    return Message(
-        id=id,
-        tag=tag,
-        payload=payload,
-        created_at=created,
-        priority=priority,
-        available_at=created + delay,
-        headers=headers or {},
-        trace=trace,
-    )
-
-
-def new(m: Message | str, *pools: str) -> NewMessage:
-    return NewMessage(msg(m) if isinstance(m, str) else m, pools or ("p",))
-
-
 def ids(jobs: list[Job]) -> list[str]:
     return [j.message.id for j in jobs]
-
-
-def attempt(n: int, at: float, outcome: Outcome = Outcome.FAILURE, error: str | None = "boom"):
-    return Attempt(n=n, started_at=at, duration=0.5, outcome=outcome, error=error)
-
-
-def delivered(job: Job, at: float) -> Completion:
-    return Completion(job, attempt(job.attempts + 1, at, Outcome.SUCCESS, None))
-
-
-def retry(job: Job, at: float, retry_at: float, error: str = "boom") -> Completion:
-    return Completion(job, attempt(job.attempts + 1, at, error=error), retry_at=retry_at)
-
-
-def dead(job: Job, at: float, error: str = "boom", reason=DeadReason.PERMANENT) -> Completion:
-    return Completion(job, attempt(job.attempts + 1, at, error=error), dead=reason)
 
 
 async def claim_all(store: Store, pool: str = "p", now: float = LATER) -> list[Job]:
@@ -136,7 +93,7 @@ async def claim_all(store: Store, pool: str = "p", now: float = LATER) -> list[J
 async def kill(store: Store, specs: list[tuple[str, str, str, str, float]]) -> None:
     """Dead-letter one job per spec (id, pool, tag, error, failed_at): enqueue, claim, fail.
     failed_at = started_at + 0.5 (the attempt's duration)."""
-    await store.enqueue([new(msg(i, tag=tag), pool) for i, pool, tag, _, _ in specs])
+    await store.enqueue([new_message(i, pool, tag=tag) for i, pool, tag, _, _ in specs])
     jobs = {
         (j.message.id, j.pool): j for p in {s[1] for s in specs} for j in await claim_all(store, p)
     }
@@ -151,8 +108,8 @@ async def kill(store: Store, specs: list[tuple[str, str, str, str, float]]) -> N
 async def test_round_trip_keeps_bytes_headers_and_trace(store: Store) -> None:
     payload = bytes(range(256)) + b"\x00 not utf-8 \xff"
     trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-    m = msg("m1", payload=payload, headers={"ce-type": "signup", "x": "ü"}, trace=trace)
-    assert await store.enqueue([new(m, "email")]) == [True]
+    m = message("m1", payload=payload, headers={"ce-type": "signup", "x": "ü"}, trace=trace)
+    assert await store.enqueue([new_message(m, "email")]) == [True]
 
     c = await store.claim("email", 10, T0)
     assert len(c.jobs) == 1
@@ -174,7 +131,7 @@ async def test_round_trip_keeps_bytes_headers_and_trace(store: Store) -> None:
 
 
 async def test_returned_values_are_copies(store: Store) -> None:
-    await store.enqueue([new(msg("m1", headers={"a": "1"}))])
+    await store.enqueue([new_message("m1", headers={"a": "1"})])
     job = (await store.claim("p", 1, T0)).jobs[0]
     job.message.headers["a"] = "changed"
     status = await store.get_message("m1")
@@ -187,13 +144,19 @@ async def test_returned_values_are_copies(store: Store) -> None:
 
 
 async def test_duplicate_ids_are_refused_across_and_within_batches(store: Store) -> None:
-    first = msg("a", payload=b"first")
-    assert await store.enqueue([new(first), new("b"), new(msg("a", payload=b"again"))]) == [
+    first = message("a", payload=b"first")
+    assert await store.enqueue(
+        [new_message(first), new_message("b"), new_message("a", payload=b"again")]
+    ) == [
         True,
         True,
         False,
     ]
-    assert await store.enqueue([new("a"), new("c"), new("c")]) == [False, True, False]
+    assert await store.enqueue([new_message("a"), new_message("c"), new_message("c")]) == [
+        False,
+        True,
+        False,
+    ]
     jobs = await claim_all(store)
     assert sorted(ids(jobs)) == ["a", "b", "c"]
     assert next(j for j in jobs if j.message.id == "a").message.payload == b"first"
@@ -201,7 +164,7 @@ async def test_duplicate_ids_are_refused_across_and_within_batches(store: Store)
 
 
 async def test_fan_out_makes_independent_jobs(store: Store) -> None:
-    await store.enqueue([new("m", "email", "analytics", "email")])  # repeated pool: one job
+    await store.enqueue([new_message("m", "email", "analytics", "email")])  # repeated pool: one job
     email = await claim_all(store, "email")
     assert ids(email) == ["m"]
     await store.complete([dead(email[0], T0 + 1, "nope")])
@@ -223,15 +186,15 @@ async def test_fan_out_makes_independent_jobs(store: Store) -> None:
 async def test_higher_priority_first_then_oldest(store: Store) -> None:
     prios = {"a": 0, "b": 5, "c": 1, "d": 5, "e": 0, "f": -1}
     await store.enqueue(
-        [new(msg(i, priority=p, created=T0 + k)) for k, (i, p) in enumerate(prios.items())]
+        [new_message(i, priority=p, created=T0 + k) for k, (i, p) in enumerate(prios.items())]
     )
     # One message created earlier but enqueued last still counts as older.
-    await store.enqueue([new(msg("g", created=T0 - 1))])
+    await store.enqueue([new_message("g", created=T0 - 1)])
     assert ids(await claim_all(store)) == ["b", "d", "c", "g", "a", "e", "f"]
 
 
 async def test_claim_limit_and_fifo(store: Store) -> None:
-    await store.enqueue([new(msg(f"m{i}", created=T0 + i)) for i in range(5)])
+    await store.enqueue([new_message(f"m{i}", created=T0 + i) for i in range(5)])
     assert ids((await store.claim("p", 2, LATER)).jobs) == ["m0", "m1"]
     assert ids((await store.claim("p", 2, LATER)).jobs) == ["m2", "m3"]
     assert ids((await store.claim("p", 2, LATER)).jobs) == ["m4"]
@@ -240,7 +203,7 @@ async def test_claim_limit_and_fifo(store: Store) -> None:
 
 
 async def test_delayed_message_waits_and_reports_next_at(store: Store) -> None:
-    await store.enqueue([new(msg("late", delay=10)), new(msg("later", delay=20))])
+    await store.enqueue([new_message("late", delay=10), new_message("later", delay=20)])
     c = await store.claim("p", 10, T0 + 5)
     assert c.jobs == []
     assert c.next_at == T0 + 10
@@ -259,8 +222,8 @@ async def test_delayed_message_waits_and_reports_next_at(store: Store) -> None:
 
 
 async def test_ready_jobs_not_stuck_behind_scheduled_ones(store: Store) -> None:
-    await store.enqueue([new(msg(f"s{i}", priority=9, delay=100)) for i in range(50)])
-    await store.enqueue([new(msg("ready", created=T0 + 1))])
+    await store.enqueue([new_message(f"s{i}", priority=9, delay=100) for i in range(50)])
+    await store.enqueue([new_message("ready", created=T0 + 1)])
     c = await store.claim("p", 10, T0 + 2)
     assert ids(c.jobs) == ["ready"]
     assert c.next_at == T0 + 100
@@ -270,7 +233,7 @@ async def test_ready_jobs_not_stuck_behind_scheduled_ones(store: Store) -> None:
 
 
 async def test_retry_then_dead_records_every_attempt(store: Store) -> None:
-    await store.enqueue([new("m")])
+    await store.enqueue([new_message("m")])
     job = (await store.claim("p", 1, T0)).jobs[0]
     await store.complete([retry(job, T0 + 1, retry_at=T0 + 30, error="HTTP 503")])
 
@@ -317,7 +280,7 @@ async def test_retry_then_dead_records_every_attempt(store: Store) -> None:
 
 
 async def test_complete_a_batch_of_mixed_fates(store: Store) -> None:
-    await store.enqueue([new(msg(f"m{i}", created=T0 + i)) for i in range(4)])
+    await store.enqueue([new_message(f"m{i}", created=T0 + i) for i in range(4)])
     a, b, c, d = await claim_all(store, now=T0 + 10)
     await store.complete(
         [delivered(a, T0 + 20), retry(b, T0 + 20, T0 + 40), dead(c, T0 + 20), delivered(d, T0 + 21)]
@@ -339,7 +302,7 @@ async def test_complete_a_batch_of_mixed_fates(store: Store) -> None:
 
 
 async def test_release_returns_jobs_untouched(store: Store) -> None:
-    await store.enqueue([new(msg("a", created=T0)), new(msg("b", created=T0 + 1))])
+    await store.enqueue([new_message("a", created=T0), new_message("b", created=T0 + 1)])
     jobs = await claim_all(store)
     assert (await store.counts(LATER))["p"].claimed == 2
     await store.release(jobs)
@@ -355,11 +318,11 @@ async def test_claim_order_holds_across_claims_and_late_arrivals(store: Store) -
     """Claims resume where the last one stopped, yet never skip a job that arrives ahead of
     that point: higher priority, an earlier time (a clock set back), a release, a promotion
     of a due retry, or a replay."""
-    await store.enqueue([new(msg(f"a{i}", created=T0 + i)) for i in range(4)])
+    await store.enqueue([new_message(f"a{i}", created=T0 + i) for i in range(4)])
     first = (await store.claim("p", 2, LATER)).jobs
     assert ids(first) == ["a0", "a1"]
-    await store.enqueue([new(msg("urgent", created=T0 + 10, priority=5))])
-    await store.enqueue([new(msg("early", created=T0 - 10))])
+    await store.enqueue([new_message("urgent", created=T0 + 10, priority=5)])
+    await store.enqueue([new_message("early", created=T0 - 10)])
     assert ids((await store.claim("p", 1, LATER)).jobs) == ["urgent"]
     assert ids((await store.claim("p", 1, LATER)).jobs) == ["early"]
     assert ids((await store.claim("p", 1, LATER)).jobs) == ["a2"]
@@ -376,15 +339,15 @@ async def test_claim_order_holds_across_claims_and_late_arrivals(store: Store) -
 
 async def test_a_message_without_a_pool_is_refused_whole(store: Store) -> None:
     with pytest.raises(ValueError, match="no pool"):
-        await store.enqueue([new("fine"), NewMessage(msg("nowhere"), ())])
+        await store.enqueue([new_message("fine"), NewMessage(message("nowhere"), ())])
     assert await store.get_message("fine") is None
     assert await store.get_message("nowhere") is None
 
 
 async def test_claims_walk_jobs_of_one_instant_in_order(store: Store) -> None:
     # A batch shares one created_at: the claim cursor must move on within it by job.
-    await store.enqueue([new(msg(f"m{i}", created=T0)) for i in range(10)])
-    await store.enqueue([new(msg("later", created=T0 + 1)), new(msg("low", priority=-1))])
+    await store.enqueue([new_message(f"m{i}", created=T0) for i in range(10)])
+    await store.enqueue([new_message("later", created=T0 + 1), new_message("low", priority=-1)])
     got = [ids((await store.claim("p", 3, LATER)).jobs) for _ in range(5)]
     assert got == [
         ["m0", "m1", "m2"],
@@ -398,14 +361,14 @@ async def test_claims_walk_jobs_of_one_instant_in_order(store: Store) -> None:
 async def test_a_claim_made_before_a_job_is_due_does_not_pass_it_by(store: Store) -> None:
     # A ready job can be due after a claim's `now` (a producer clock ahead of ours); a
     # claim that moves on to lower priorities meanwhile must still find it later.
-    await store.enqueue([new(msg("low", created=T0, priority=-1))])
-    await store.enqueue([new(msg("ahead", created=T0 + 10))])
+    await store.enqueue([new_message("low", created=T0, priority=-1)])
+    await store.enqueue([new_message("ahead", created=T0 + 10)])
     assert ids((await store.claim("p", 10, T0 + 5)).jobs) == ["low"]
     assert ids((await store.claim("p", 10, T0 + 20)).jobs) == ["ahead"]
 
 
 async def test_a_released_job_cannot_be_completed(store: Store) -> None:
-    await store.enqueue([new("m")])
+    await store.enqueue([new_message("m")])
     (job,) = (await store.claim("p", 1, LATER)).jobs
     await store.release([job])
     await store.complete([delivered(job, T0 + 1)])  # stale: the job went back
@@ -416,7 +379,7 @@ async def test_a_released_job_cannot_be_completed(store: Store) -> None:
 
 
 async def test_claimed_jobs_are_queued_again_on_reopen(harness: Harness, store: Store) -> None:
-    await store.enqueue([new(msg(f"m{i}", created=T0 + i)) for i in range(3)])
+    await store.enqueue([new_message(f"m{i}", created=T0 + i) for i in range(3)])
     first = (await store.claim("p", 2, LATER)).jobs
     await store.complete([retry(first[0], T0 + 5, T0 + 6)])  # m0: queued again, attempt 1
     assert ids((await store.claim("p", 5, LATER)).jobs) == ["m2", "m0"]  # m1 still claimed
@@ -436,12 +399,12 @@ async def test_counts(store: Store) -> None:
     assert await store.counts(T0) == {}
     await store.enqueue(
         [
-            new(msg("r1", created=T0 + 3), "a"),
-            new(msg("r2", created=T0 + 4), "a"),
-            new(msg("s1", created=T0 + 1, delay=100), "a"),
-            new(msg("c1", created=T0 + 2), "b"),
-            new(msg("d1", created=T0), "b"),
-            new(msg("ok", created=T0 - 10), "c"),
+            new_message("r1", "a", created=T0 + 3),
+            new_message("r2", "a", created=T0 + 4),
+            new_message("s1", "a", created=T0 + 1, delay=100),
+            new_message("c1", "b", created=T0 + 2),
+            new_message("d1", "b", created=T0),
+            new_message("ok", "c", created=T0 - 10),
         ]
     )
     b_jobs = await claim_all(store, "b", T0 + 5)
@@ -480,7 +443,7 @@ async def dlq_ids(store: Store, selector: DlqFilter) -> list[tuple[str, str]]:
 async def test_dlq_filters(store: Store) -> None:
     await kill(store, [(i, p, t, e or "", at) for i, p, t, e, at in SPECS[:4]])
     # m5's last attempt failed without an error text.
-    await store.enqueue([new(msg("m5"), "email")])
+    await store.enqueue([new_message("m5", "email")])
     (j5,) = await claim_all(store, "email")
     await store.complete(
         [Completion(j5, Attempt(1, T0 + 49.5, 0.5, Outcome.TIMEOUT), dead=DeadReason.PERMANENT)]
@@ -600,7 +563,7 @@ async def test_dlq_replay_fresh_attempts_keeps_history(store: Store) -> None:
 
 async def test_dlq_purge(store: Store) -> None:
     await kill(store, [("solo", "p", "t", "x", T0 + 1), ("other", "q", "t", "x", T0 + 2)])
-    await store.enqueue([new("fan", "p", "q")])
+    await store.enqueue([new_message("fan", "p", "q")])
     (fan_p,) = await claim_all(store, "p")
     await store.complete([dead(fan_p, T0 + 3)])
 
@@ -621,7 +584,7 @@ async def test_dlq_purge(store: Store) -> None:
 
 
 async def test_expire_forgets_delivered_jobs(store: Store) -> None:
-    await store.enqueue([new("old"), new("new"), new("fan", "p", "q")])
+    await store.enqueue([new_message("old"), new_message("new"), new_message("fan", "p", "q")])
     jobs = {j.message.id: j for j in await claim_all(store)}
     await store.complete(
         [delivered(jobs["old"], T0), delivered(jobs["fan"], T0), delivered(jobs["new"], T0 + 100)]
@@ -636,13 +599,13 @@ async def test_expire_forgets_delivered_jobs(store: Store) -> None:
     assert await store.get_message("new") is not None
     assert await store.expire(T0 + 50) == 0
     # An expired id may be enqueued again: the store no longer holds it.
-    assert await store.enqueue([new("old")]) == [True]
+    assert await store.enqueue([new_message("old")]) == [True]
 
 
 async def test_remembered_ids_outlive_their_messages_until_their_window_ends(
     store: Store,
 ) -> None:
-    keyed = NewMessage(msg("order-1"), ("p",), b"digest", T0 + 10)
+    keyed = NewMessage(message("order-1"), ("p",), b"digest", T0 + 10)
     assert await store.enqueue([keyed]) == [True]
     (job,) = await claim_all(store)
     await store.complete([delivered(job, T0)])
@@ -657,7 +620,7 @@ async def test_remembered_ids_outlive_their_messages_until_their_window_ends(
 async def test_expire_over_a_long_history_with_gaps(store: Store) -> None:
     """Messages created one a second; most delivered a second later, some dead (kept),
     some still queued (kept), some delivered late (kept), some purged (gaps in the ids)."""
-    await store.enqueue([new(msg(f"m{i:03}", created=T0 + i)) for i in range(200)])
+    await store.enqueue([new_message(f"m{i:03}", created=T0 + i) for i in range(200)])
     jobs = {j.message.id: j for j in await claim_all(store)}
     completions = []
     for i in range(200):
@@ -739,7 +702,7 @@ async def test_closed_store_refuses_calls(store: Store) -> None:
     await store.close()  # idempotent
     assert not await store.ping()
     with pytest.raises(StoreError):
-        await store.enqueue([new("m")])
+        await store.enqueue([new_message("m")])
     with pytest.raises(StoreError):
         await store.claim("p", 1, T0)
     with pytest.raises(StoreError):

@@ -17,8 +17,10 @@ from dispatcher.dispatcher import Dispatcher
 from dispatcher.message import DlqFilter
 from dispatcher.state import DISPATCHER
 
-from .helpers import eventually, receiver, webhook_settings
-from .metrics_helpers import scrape
+from .factories import webhook_settings
+from .kit.metrics import scrape
+from .kit.receiver import receiver
+from .kit.run import eventually
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"

@@ -21,7 +21,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from aiohttp.test_utils import TestClient, TestServer
 
 from dispatcher.app import create_app
-from dispatcher.config import settings_from_dict
 from dispatcher.message import (
     Attempt,
     Completion,
@@ -32,6 +31,8 @@ from dispatcher.message import (
     Outcome,
 )
 from dispatcher.stores.sqlite import SqliteStore
+
+from ..factories import settings
 
 ERRORS = [
     "HTTP 500: upstream exploded",
@@ -91,16 +92,15 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         db = f"{tmp}/console.db"
         await fill(db, entries, pools)
-        settings = settings_from_dict(
-            {
-                "store": {"url": f"sqlite:///{db}", "min_free_bytes": 0},
-                "auth": {"tokens": [{"name": "ops", "token": "t", "scopes": ["admin"]}]},
-                "pools": {p: {"sink": {"type": "log"}} for p in pools},
-                "routes": [{"match": f"orders.p{i}", "pools": [p]} for i, p in enumerate(pools)],
-            },
-            env={},
+        app = create_app(
+            settings(
+                store={"url": f"sqlite:///{db}", "min_free_bytes": 0},
+                auth={"tokens": [{"name": "ops", "token": "t", "scopes": ["admin"]}]},
+                pools={p: {"sink": {"type": "log"}} for p in pools},
+                routes=[{"match": f"orders.p{i}", "pools": [p]} for i, p in enumerate(pools)],
+            )
         )
-        client = TestClient(TestServer(create_app(settings)))
+        client = TestClient(TestServer(app))
         await client.start_server()
         try:
             await bench_pages(client, pools)

@@ -24,27 +24,24 @@ import time
 from typing import Any
 
 from dispatcher import Dispatcher, Publish
-from dispatcher.config import settings_from_dict
 from dispatcher.server import tune_process
 
+from .. import factories
 from . import handlers
 
 
 def _settings(store_url: str, handler: str, concurrency: int = 64, **pool: Any) -> Any:
-    return settings_from_dict(
-        {
-            "store": {"url": store_url, "min_free_bytes": 0},
-            "pools": {
-                "bench": {
-                    "concurrency": concurrency,
-                    "max_backlog": 10_000_000,
-                    "sink": {"type": "python", "handler": handler},
-                    **pool,
-                }
-            },
-            "routes": [{"match": "bench.>", "pools": ["bench"]}],
+    return factories.settings(
+        store={"url": store_url, "min_free_bytes": 0},
+        pools={
+            "bench": {
+                "concurrency": concurrency,
+                "max_backlog": 10_000_000,
+                "sink": {"type": "python", "handler": handler},
+                **pool,
+            }
         },
-        env={},
+        routes=[{"match": "bench.>", "pools": ["bench"]}],
     )
 
 

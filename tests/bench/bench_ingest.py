@@ -36,22 +36,19 @@ MESSAGE = b'{"tag": "bench.click", "payload": {"user": 42, "event": "click", "pa
 
 
 def _settings(directory: str) -> Any:
-    from dispatcher.config import settings_from_dict
+    from ..factories import settings
 
-    return settings_from_dict(
-        {
-            "server": {"host": "127.0.0.1", "port": 0},
-            "store": {"url": f"sqlite:///{directory}/bench.db", "min_free_bytes": 0},
-            "auth": {"tokens": [{"name": "bench", "token": TOKEN, "scopes": ["admin"]}]},
-            "pools": {
-                "bench": {
-                    "max_backlog": 100_000_000,
-                    "sink": {"type": "python", "handler": "tests.bench.handlers:noop"},
-                }
-            },
-            "routes": [{"match": "bench.>", "pools": ["bench"]}],
+    return settings(
+        server={"host": "127.0.0.1", "port": 0},
+        store={"url": f"sqlite:///{directory}/bench.db", "min_free_bytes": 0},
+        auth={"tokens": [{"name": "bench", "token": TOKEN, "scopes": ["admin"]}]},
+        pools={
+            "bench": {
+                "max_backlog": 100_000_000,
+                "sink": {"type": "python", "handler": "tests.bench.handlers:noop"},
+            }
         },
-        env={},
+        routes=[{"match": "bench.>", "pools": ["bench"]}],
     )
 
 

@@ -27,13 +27,13 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from dispatcher import Dispatcher, Publish
 from dispatcher.app import create_app
-from dispatcher.config import settings_from_dict
 from dispatcher.errors import Retry
 from dispatcher.message import Message
 from dispatcher.observe import logs
 from dispatcher.server import tune_process
 from dispatcher.state import DISPATCHER
 
+from .. import factories
 from . import handlers
 
 PAYLOAD = b'{"user": 42, "event": "click", "path": "/home"}'
@@ -46,22 +46,19 @@ async def flaky(message: Message) -> None:
 
 
 def _settings(pools: int = 1, handler: str = "tests.bench.handlers:noop", **pool: Any) -> Any:
-    return settings_from_dict(
-        {
-            "store": {"url": "memory://", "min_free_bytes": 0},
-            "auth": {"disabled": True},
-            "pools": {
-                f"bench{i}": {
-                    "concurrency": 64,
-                    "max_backlog": 10_000_000,
-                    "sink": {"type": "python", "handler": handler},
-                    **pool,
-                }
-                for i in range(pools)
-            },
-            "routes": [{"match": f"bench{i}.>", "pools": [f"bench{i}"]} for i in range(pools)],
+    return factories.settings(
+        store={"url": "memory://", "min_free_bytes": 0},
+        auth={"disabled": True},
+        pools={
+            f"bench{i}": {
+                "concurrency": 64,
+                "max_backlog": 10_000_000,
+                "sink": {"type": "python", "handler": handler},
+                **pool,
+            }
+            for i in range(pools)
         },
-        env={},
+        routes=[{"match": f"bench{i}.>", "pools": [f"bench{i}"]} for i in range(pools)],
     )
 
 

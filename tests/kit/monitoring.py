@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
-from .conftest import require_service
+from tests.conftest import require_service
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = ROOT / "dashboards" / "grafana"
 RULES = ROOT / "deploy" / "prometheus" / "rules" / "dispatcher.rules.yml"
 RULE_TESTS = ROOT / "deploy" / "prometheus" / "tests" / "dispatcher.rules.test.yml"

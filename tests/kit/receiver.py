@@ -12,9 +12,6 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from dispatcher.config import settings_from_dict
-from dispatcher.dispatcher import Dispatcher
-
 
 @dataclass
 class Received:
@@ -85,41 +82,3 @@ async def receiver(factory: Callable[[], R] = Receiver) -> AsyncIterator[R]:
         yield rec
     finally:
         await runner.cleanup()
-
-
-def webhook_settings(
-    url: str, pools: dict[str, dict[str, Any]], routes: list[dict[str, Any]], **extra: Any
-) -> Any:
-    """Settings with webhook pools pointing at `url/<pool>` on loopback (allowed by CIDR)."""
-    raw: dict[str, Any] = {
-        "store": extra.pop("store", {"url": "memory://"}),
-        "security": {"webhook_allow_cidrs": ["127.0.0.1/32"]},
-        "pools": {
-            name: {"sink": {"type": "webhook", "url": f"{url}/{name}"}, **cfg}
-            for name, cfg in pools.items()
-        },
-        "routes": routes,
-        **extra,
-    }
-    return settings_from_dict(raw, env={})
-
-
-@asynccontextmanager
-async def running(dispatcher: Dispatcher) -> AsyncIterator[Dispatcher]:
-    await dispatcher.start()
-    try:
-        yield dispatcher
-    finally:
-        await dispatcher.stop(grace=1.0)
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Poll an async-or-sync check until it returns truthy."""
-    async with asyncio.timeout(timeout):
-        while True:
-            result = check()
-            if asyncio.iscoroutine(result):
-                result = await result
-            if result:
-                return result
-            await asyncio.sleep(0.02)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from dispatcher import Dispatcher, Publish
+from dispatcher import Dispatcher, Publish, Settings
 from dispatcher.message import DlqFilter
-from tests.helpers import eventually, webhook_settings
+from tests.factories import webhook_settings
+from tests.kit.run import eventually
 
 TOKENS = [
     {"name": "alice", "token": "operate-token", "scopes": ["read", "operate"]},
@@ -21,7 +22,7 @@ OPERATE, READ, ADMIN, PRODUCE = (t["token"] for t in TOKENS)
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
-def console_settings(url: str, **extra: Any) -> Any:
+def console_settings(url: str, **extra: Any) -> Settings:
     """Two webhook pools on the loopback receiver; `email` dead-letters at the first failure."""
     return webhook_settings(
         url,
