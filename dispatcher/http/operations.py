@@ -15,17 +15,26 @@ from aiohttp import web
 from ..auth import requires
 from ..dispatcher import Dispatcher
 from ..errors import BadRequest, InvalidMessage
-from ..message import AuditEntry, DlqEntry, DlqFilter, PoolInfo
+from ..message import DlqFilter
 from ..state import DISPATCHER, PRINCIPAL
 from ..tags import validate_pattern
-from ..timefmt import parse_rfc3339, rfc3339
+from ..timefmt import parse_rfc3339
 from . import ingest
+from .views import (
+    AuditPage,
+    Count,
+    DlqPage,
+    PoolList,
+    audit_item,
+    dlq_item,
+    json_response,
+    pool_view,
+)
 
 MAX_LIMIT = 1000
 MAX_IDS = 10_000
 _DLQ_CURSOR = re.compile(r"^[0-9.eE+-]{1,32}:[0-9]{1,18}$")
 _AUDIT_CURSOR = re.compile(r"^[0-9]{1,18}$")
-_encode = msgspec.json.Encoder().encode
 
 Rate = Annotated[float, msgspec.Meta(gt=0, le=1e9)]
 
@@ -60,10 +69,6 @@ class ReplayIn(PurgeIn, forbid_unknown_fields=True):
     rate: Rate | None = None
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=_encode(data), content_type="application/json")
-
-
 def _bad_query(name: str, detail: str) -> BadRequest:
     return BadRequest(f"query parameter {name}: {detail}", pointer=f"?{name}")
 
@@ -84,12 +89,13 @@ async def _decode(request: web.Request, kind: type[Any]) -> Any:
 @requires("read")
 async def list_pools(request: web.Request) -> web.Response:
     infos = await request.app[DISPATCHER].pool_infos()
-    return _json({"pools": [_pool(i) for i in infos]})
+    return json_response(PoolList([pool_view(i) for i in infos]))
 
 
 @requires("read")
 async def get_pool(request: web.Request) -> web.Response:
-    return _json(_pool(await request.app[DISPATCHER].pool_info(request.match_info["name"])))
+    info = await request.app[DISPATCHER].pool_info(request.match_info["name"])
+    return json_response(pool_view(info))
 
 
 @requires("operate")
@@ -106,13 +112,7 @@ async def patch_pool(request: web.Request) -> web.Response:
     if not changes:
         raise InvalidMessage("give at least one of rate, burst, concurrency, paused", pointer="")
     info = await dispatcher.update_pool(name, actor=request[PRINCIPAL].name, **changes)
-    return _json(_pool(info))
-
-
-def _pool(info: PoolInfo) -> dict[str, Any]:
-    out: dict[str, Any] = msgspec.to_builtins(info)
-    out["oldest_age_seconds"] = round(info.oldest_age_seconds, 3)
-    return out
+    return json_response(pool_view(info))
 
 
 # --- dead-letter queue --------------------------------------------------------------------
@@ -153,7 +153,7 @@ async def list_dlq(request: web.Request) -> web.Response:
     entries, next_cursor = await request.app[DISPATCHER].dlq_list(
         selector, limit=_limit(request), cursor=cursor
     )
-    return _json({"items": [_dlq_item(e) for e in entries], "next_cursor": next_cursor})
+    return json_response(DlqPage([dlq_item(e) for e in entries], next_cursor))
 
 
 def _finite_prefix(cursor: str) -> bool:
@@ -161,31 +161,6 @@ def _finite_prefix(cursor: str) -> bool:
         return math.isfinite(float(cursor.rsplit(":", 1)[0]))
     except ValueError:
         return False
-
-
-def payload_value(payload: bytes) -> Any:
-    """The payload as JSON to embed in a response: as is when it is JSON (no re-encoding),
-    else as text."""
-    try:
-        msgspec.json.decode(payload)
-    except msgspec.DecodeError:
-        return payload.decode("utf-8", "replace")
-    return msgspec.Raw(payload)
-
-
-def _dlq_item(e: DlqEntry) -> dict[str, Any]:
-    m = e.message
-    return {
-        "id": m.id,
-        "pool": e.pool,
-        "tag": m.tag,
-        "attempts": e.attempts,
-        "error": e.error,
-        "failed_at": rfc3339(e.failed_at),
-        "payload": payload_value(m.payload),
-        "reason": e.reason,
-        "created_at": rfc3339(m.created_at),
-    }
 
 
 def _selector(body: PurgeIn) -> DlqFilter:
@@ -205,7 +180,7 @@ async def replay_dlq(request: web.Request) -> web.Response:
     count = await request.app[DISPATCHER].dlq_replay(
         _selector(body), actor=request[PRINCIPAL].name, dry_run=body.dry_run, rate=body.rate
     )
-    return _json({"count": count, "dry_run": body.dry_run})
+    return json_response(Count(count, body.dry_run))
 
 
 @requires("operate")
@@ -214,7 +189,7 @@ async def purge_dlq(request: web.Request) -> web.Response:
     count = await request.app[DISPATCHER].dlq_purge(
         _selector(body), actor=request[PRINCIPAL].name, dry_run=body.dry_run
     )
-    return _json({"count": count, "dry_run": body.dry_run})
+    return json_response(Count(count, body.dry_run))
 
 
 # --- audit and subscriptions --------------------------------------------------------------
@@ -228,18 +203,7 @@ async def list_audit(request: web.Request) -> web.Response:
     entries, next_cursor = await request.app[DISPATCHER].audit_list(
         limit=_limit(request), cursor=cursor
     )
-    return _json({"items": [_audit_item(e) for e in entries], "next_cursor": next_cursor})
-
-
-def _audit_item(e: AuditEntry) -> dict[str, Any]:
-    return {
-        "at": rfc3339(e.at),
-        "actor": e.actor,
-        "action": e.action,
-        "target": e.target,
-        "detail": e.detail,
-        "count": e.count,
-    }
+    return json_response(AuditPage([audit_item(e) for e in entries], next_cursor))
 
 
 @requires("read")
