@@ -1,9 +1,9 @@
-"""HTTP handlers of the v1 message endpoints, health, and the route table of the whole API.
+"""HTTP handlers of the v1 message endpoints and health.
 
 Handlers translate HTTP to Dispatcher calls and back, nothing more: the wire format lives
 in `ingest.py` and `cloudevent.py` (requests) and `views.py` (responses), behaviour in the
-Dispatcher. Operator endpoints (pools, DLQ, audit, subscribe) are in `operations.py`, the
-OpenAPI document in `openapi.py`.
+Dispatcher. Operator endpoints (pools, DLQ, audit, subscribe) are in `operations.py`; which
+route runs which handler, with which scope, is the table in `routes.py`.
 `Singles` publishes the single messages of concurrent requests together.
 """
 
@@ -15,13 +15,11 @@ from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
 
-from ..auth import requires
 from ..dispatcher import Dispatcher
 from ..errors import NotFound
 from ..message import Accepted, Publish
 from ..state import DISPATCHER
-from . import cloudevent, ingest, operations
-from .openapi import handler as openapi_handler
+from . import cloudevent, ingest
 from .views import BatchAccepted, Status, accepted, json_response, message_view
 
 
@@ -118,7 +116,6 @@ def _media_type(request: web.Request) -> str:
     return request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
 
 
-@requires("produce")
 async def post_message(request: web.Request) -> web.Response:
     dispatcher = request.app[DISPATCHER]
     body = await _body(request, dispatcher)
@@ -134,7 +131,6 @@ async def post_message(request: web.Request) -> web.Response:
     return json_response(accepted(result), 200 if result.duplicate else 202, location)
 
 
-@requires("produce")
 async def post_batch(request: web.Request) -> web.Response:
     dispatcher = request.app[DISPATCHER]
     body = await _body(request, dispatcher)
@@ -147,7 +143,6 @@ async def post_batch(request: web.Request) -> web.Response:
     return json_response(BatchAccepted([accepted(a) for a in results]), 202)
 
 
-@requires("read")
 async def get_message(request: web.Request) -> web.Response:
     dispatcher = request.app[DISPATCHER]
     message_id = request.match_info["id"]
@@ -157,33 +152,13 @@ async def get_message(request: web.Request) -> web.Response:
     return json_response(message_view(status, time.time()))
 
 
-@requires(None)
 async def healthz(request: web.Request) -> web.Response:
     return json_response(Status("ok"))
 
 
-@requires(None)
 async def readyz(request: web.Request) -> web.Response:
     dispatcher: Dispatcher = request.app[DISPATCHER]
     if await dispatcher.ready():
         return json_response(Status("ready"))
     reason = "draining" if dispatcher.draining else "store unavailable"
     return json_response(Status("unavailable", reason), 503, headers={"Retry-After": "5"})
-
-
-def add_routes(app: web.Application) -> None:
-    r = app.router
-    r.add_post("/v1/messages", post_message)
-    r.add_post("/v1/messages/batch", post_batch)
-    r.add_get("/v1/messages/{id}", get_message)
-    r.add_get("/v1/pools", operations.list_pools)
-    r.add_get("/v1/pools/{name}", operations.get_pool)
-    r.add_patch("/v1/pools/{name}", operations.patch_pool)
-    r.add_get("/v1/dlq", operations.list_dlq)
-    r.add_post("/v1/dlq/replay", operations.replay_dlq)
-    r.add_post("/v1/dlq/purge", operations.purge_dlq)
-    r.add_get("/v1/audit", operations.list_audit)
-    r.add_get("/v1/subscribe", operations.subscribe)
-    r.add_get("/healthz", healthz)
-    r.add_get("/readyz", readyz)
-    r.add_get("/openapi.json", openapi_handler)

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 from aiohttp import web
 
-from ..auth import requires
 from ..dispatcher import Dispatcher
 from ..errors import BadRequest, InvalidMessage
 from ..message import DlqFilter
@@ -25,32 +24,68 @@ from .views import (
     Count,
     DlqPage,
     PoolList,
+    Time,
     audit_item,
     dlq_item,
     json_response,
     pool_view,
 )
 
+DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 MAX_IDS = 10_000
 _DLQ_CURSOR = re.compile(r"^[0-9.eE+-]{1,32}:[0-9]{1,18}$")
 _AUDIT_CURSOR = re.compile(r"^[0-9]{1,18}$")
 
-Rate = Annotated[float, msgspec.Meta(gt=0, le=1e9)]
+Rate = Annotated[float, msgspec.Meta(gt=0, le=1e9, description="messages per second")]
+# The `limit` query parameter, as documented; `_limit` checks it.
+Limit = Annotated[
+    int,
+    msgspec.Meta(
+        ge=1, le=MAX_LIMIT, description="page size", extra_json_schema={"default": DEFAULT_LIMIT}
+    ),
+]
 
 
 class PoolPatch(msgspec.Struct, forbid_unknown_fields=True):
+    """Changes to a pool's settings, applied at once, persisted and audited; `rate` null
+    lifts the limit."""
+
+    SCHEMA_EXTRA: ClassVar[dict[str, object]] = {"minProperties": 1}  # see changes()
+
     rate: Rate | msgspec.UnsetType | None = msgspec.UNSET
     burst: Annotated[int, msgspec.Meta(ge=1, le=1_000_000_000)] | msgspec.UnsetType = msgspec.UNSET
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | msgspec.UnsetType = msgspec.UNSET
     paused: bool | msgspec.UnsetType = msgspec.UNSET
 
+    def changes(self) -> dict[str, Any]:
+        changes = {
+            f: getattr(self, f)
+            for f in self.__struct_fields__
+            if getattr(self, f) is not msgspec.UNSET
+        }
+        if not changes:
+            raise InvalidMessage(
+                "give at least one of rate, burst, concurrency, paused", pointer=""
+            )
+        return changes
+
 
 class FilterIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Dead messages matching all of the given fields."""
+
     pool: str | None = None
-    tag: str | None = None
-    error: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
-    since: str | None = None
+    tag: Annotated[str, msgspec.Meta(description="exact tag")] | None = None
+    error: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                max_length=1000, description="substring of the last error, case-insensitive"
+            ),
+        ]
+        | None
+    ) = None
+    since: Annotated[Time, msgspec.Meta(description="failed at or after")] | None = None
 
 
 Ids = Annotated[
@@ -60,12 +95,16 @@ Ids = Annotated[
 
 
 class PurgeIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Exactly one of `ids` (message ids) and `filter`."""
+
     ids: Ids | None = None
     filter: FilterIn | None = None
     dry_run: bool = False
 
 
 class ReplayIn(PurgeIn, forbid_unknown_fields=True):
+    """Exactly one of `ids` (message ids) and `filter`; `rate` spreads the replay out."""
+
     rate: Rate | None = None
 
 
@@ -86,31 +125,22 @@ async def _decode(request: web.Request, kind: type[Any]) -> Any:
 # --- pools --------------------------------------------------------------------------------
 
 
-@requires("read")
 async def list_pools(request: web.Request) -> web.Response:
     infos = await request.app[DISPATCHER].pool_infos()
     return json_response(PoolList([pool_view(i) for i in infos]))
 
 
-@requires("read")
 async def get_pool(request: web.Request) -> web.Response:
     info = await request.app[DISPATCHER].pool_info(request.match_info["name"])
     return json_response(pool_view(info))
 
 
-@requires("operate")
 async def patch_pool(request: web.Request) -> web.Response:
     dispatcher: Dispatcher = request.app[DISPATCHER]
     name = request.match_info["name"]
     await dispatcher.pool_info(name)  # 404 before reading the body
     patch: PoolPatch = await _decode(request, PoolPatch)
-    changes = {
-        f: getattr(patch, f)
-        for f in PoolPatch.__struct_fields__
-        if getattr(patch, f) is not msgspec.UNSET
-    }
-    if not changes:
-        raise InvalidMessage("give at least one of rate, burst, concurrency, paused", pointer="")
+    changes = patch.changes()
     info = await dispatcher.update_pool(name, actor=request[PRINCIPAL].name, **changes)
     return json_response(pool_view(info))
 
@@ -119,7 +149,9 @@ async def patch_pool(request: web.Request) -> web.Response:
 
 
 def _limit(request: web.Request) -> int:
-    text = request.query.get("limit", "50")
+    text = request.query.get("limit")
+    if text is None:
+        return DEFAULT_LIMIT
     # isascii: str.isdigit() also accepts "²", which int() refuses (a 500, not a 400)
     if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_LIMIT:
         raise _bad_query("limit", f"an integer from 1 to {MAX_LIMIT}")
@@ -138,7 +170,6 @@ def _since(text: str | None, error: Exception) -> float | None:
     return since
 
 
-@requires("read")
 async def list_dlq(request: web.Request) -> web.Response:
     q = request.query
     cursor = q.get("cursor")
@@ -174,7 +205,6 @@ def _selector(body: PurgeIn) -> DlqFilter:
     return DlqFilter(pool=f.pool, tag=f.tag, error=f.error, since=_since(f.since, error))
 
 
-@requires("operate")
 async def replay_dlq(request: web.Request) -> web.Response:
     body: ReplayIn = await _decode(request, ReplayIn)
     count = await request.app[DISPATCHER].dlq_replay(
@@ -183,7 +213,6 @@ async def replay_dlq(request: web.Request) -> web.Response:
     return json_response(Count(count, body.dry_run))
 
 
-@requires("operate")
 async def purge_dlq(request: web.Request) -> web.Response:
     body: PurgeIn = await _decode(request, PurgeIn)
     count = await request.app[DISPATCHER].dlq_purge(
@@ -195,7 +224,6 @@ async def purge_dlq(request: web.Request) -> web.Response:
 # --- audit and subscriptions --------------------------------------------------------------
 
 
-@requires("read")
 async def list_audit(request: web.Request) -> web.Response:
     cursor = request.query.get("cursor")
     if cursor is not None and not _AUDIT_CURSOR.match(cursor):
@@ -206,7 +234,6 @@ async def list_audit(request: web.Request) -> web.Response:
     return json_response(AuditPage([audit_item(e) for e in entries], next_cursor))
 
 
-@requires("read")
 async def subscribe(request: web.Request) -> web.StreamResponse:
     """WebSocket: receive the messages of `websocket` pools whose tag matches `tag` (a route
     pattern); ack each with {"ack": id} (see sinks/websocket.py for the frames)."""
