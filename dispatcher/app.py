@@ -17,7 +17,7 @@ import console
 from .auth import Authenticator
 from .config import Settings
 from .dispatcher import Dispatcher
-from .http import api, observability
+from .http import api, observability, routes
 from .http.middleware import edge_middleware
 from .state import AUTH, DISPATCHER
 
@@ -41,8 +41,8 @@ def create_app(
     app.cleanup_ctx.append(_run_dispatcher)
     app[api.SINGLES] = singles = api.Singles(app[DISPATCHER])
     app.cleanup_ctx.append(singles.run)  # after the dispatcher: stops before it
-    api.add_routes(app)
-    observability.setup(app)  # /metrics, /debug/tasks; request metrics and SERVER spans
+    routes.add_routes(app)
+    observability.setup(app)  # request metrics and SERVER spans
     console.setup(app)
     return app
 

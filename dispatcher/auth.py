@@ -82,9 +82,13 @@ F = TypeVar("F", bound=Callable[..., object])
 
 
 def requires(scope: Scope | None) -> Callable[[F], F]:
-    """Mark a handler with the scope it needs (None: public). Read by the auth middleware."""
+    """Mark a handler with the scope it needs (None: public). Read by the auth middleware.
+    The API's route table marks its handlers; a handler marked twice is marked alike."""
 
     def mark(handler: F) -> F:
+        marked = getattr(handler, "__scope__", scope)
+        if marked != scope:
+            raise ValueError(f"{handler!r} is marked {marked!r}, not {scope!r}")
         handler.__scope__ = scope  # type: ignore[attr-defined]
         return handler
 

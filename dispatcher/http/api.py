@@ -1,8 +1,9 @@
-"""HTTP handlers of the v1 message endpoints, health, and the route table of the whole API.
+"""HTTP handlers of the v1 message endpoints and health.
 
 Handlers translate HTTP to Dispatcher calls and back, nothing more: the wire format lives
-in `ingest.py` and `cloudevent.py`, behaviour in the Dispatcher. Operator endpoints (pools,
-DLQ, audit, subscribe) are in `operations.py`, the OpenAPI document in `openapi.py`.
+in `ingest.py` and `cloudevent.py` (requests) and `views.py` (responses), behaviour in the
+Dispatcher. Operator endpoints (pools, DLQ, audit, subscribe) are in `operations.py`; which
+route runs which handler, with which scope, is the table in `routes.py`.
 `Singles` publishes the single messages of concurrent requests together.
 """
 
@@ -11,26 +12,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
 
-import msgspec
 from aiohttp import web
 
-from ..auth import requires
 from ..dispatcher import Dispatcher
 from ..errors import NotFound
-from ..message import Accepted, Attempt, MessageStatus, Publish, State
+from ..message import Accepted, Publish
 from ..state import DISPATCHER
-from ..timefmt import rfc3339
-from . import cloudevent, ingest, operations
-from .openapi import handler as openapi_handler
-
-_STATUS = {
-    State.CLAIMED: "in_flight",
-    State.DELIVERED: "delivered",
-    State.DEAD: "dead",
-}
-_encode = msgspec.json.Encoder().encode
+from . import cloudevent, ingest
+from .views import BatchAccepted, Status, accepted, json_response, message_view
 
 
 class Singles:
@@ -117,14 +107,6 @@ class Singles:
 SINGLES = web.AppKey("singles", Singles)
 
 
-def json_response(
-    data: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.Response(
-        status=status, body=_encode(data), content_type="application/json", headers=headers
-    )
-
-
 async def _body(request: web.Request, dispatcher: Dispatcher) -> bytes:
     server = dispatcher.settings.server
     return await ingest.read_body(request, server.max_body_bytes, server.request_timeout)
@@ -134,7 +116,6 @@ def _media_type(request: web.Request) -> str:
     return request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
 
 
-@requires("produce")
 async def post_message(request: web.Request) -> web.Response:
     dispatcher = request.app[DISPATCHER]
     body = await _body(request, dispatcher)
@@ -145,13 +126,11 @@ async def post_message(request: web.Request) -> web.Response:
         item = cloudevent.decode_binary(body, headers)
     else:
         item = ingest.decode_single(body, headers)
-    accepted = await request.app[SINGLES].publish(item)
-    body_out = _accepted(accepted)
-    location = {"Location": f"/v1/messages/{accepted.id}"}
-    return json_response(body_out, 200 if accepted.duplicate else 202, location)
+    result = await request.app[SINGLES].publish(item)
+    location = {"Location": f"/v1/messages/{result.id}"}
+    return json_response(accepted(result), 200 if result.duplicate else 202, location)
 
 
-@requires("produce")
 async def post_batch(request: web.Request) -> web.Response:
     dispatcher = request.app[DISPATCHER]
     body = await _body(request, dispatcher)
@@ -160,25 +139,10 @@ async def post_batch(request: web.Request) -> web.Response:
         items = cloudevent.decode_batch(body, request.headers)
     else:
         items = ingest.decode_batch(body, request.headers)
-    accepted = await dispatcher.publish(items)
-    return json_response({"results": [_accepted(a) for a in accepted]}, 202)
+    results = await dispatcher.publish(items)
+    return json_response(BatchAccepted([accepted(a) for a in results]), 202)
 
 
-class AcceptedView(msgspec.Struct, gc=False):
-    """One accepted message as the API answers it (a struct encodes faster than a dict)."""
-
-    id: str
-    tag: str
-    pools: tuple[str, ...]
-    status: str
-    duplicate: bool
-
-
-def _accepted(a: Accepted) -> AcceptedView:
-    return AcceptedView(a.id, a.tag, a.pools, "queued", a.duplicate)
-
-
-@requires("read")
 async def get_message(request: web.Request) -> web.Response:
     dispatcher = request.app[DISPATCHER]
     message_id = request.match_info["id"]
@@ -188,74 +152,13 @@ async def get_message(request: web.Request) -> web.Response:
     return json_response(message_view(status, time.time()))
 
 
-def message_view(status: MessageStatus, now: float) -> dict[str, Any]:
-    m = status.message
-    pools: dict[str, Any] = {}
-    for job in status.jobs:
-        if job.state == State.QUEUED:
-            state = "scheduled" if job.available_at > now else "queued"
-            next_at: str | None = rfc3339(job.available_at)
-        else:
-            state = _STATUS[job.state]
-            next_at = None
-        pools[job.pool] = {
-            "status": state,
-            "next_attempt_at": next_at,
-            "attempts": [_attempt_view(a) for a in job.attempts],
-            "history": [[_attempt_view(a) for a in gen] for gen in job.history],
-            "finished_at": rfc3339(job.finished_at),
-            "dead_reason": job.dead_reason,
-        }
-    return {
-        "id": m.id,
-        "tag": m.tag,
-        "created_at": rfc3339(m.created_at),
-        "priority": m.priority,
-        "headers": m.headers,
-        "payload": operations.payload_value(m.payload),
-        "pools": pools,
-    }
-
-
-def _attempt_view(a: Attempt) -> dict[str, Any]:
-    return {
-        "n": a.n,
-        "started_at": rfc3339(a.started_at),
-        "duration": round(a.duration, 6),
-        "outcome": a.outcome,
-        "error": a.error,
-    }
-
-
-@requires(None)
 async def healthz(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
+    return json_response(Status("ok"))
 
 
-@requires(None)
 async def readyz(request: web.Request) -> web.Response:
     dispatcher: Dispatcher = request.app[DISPATCHER]
     if await dispatcher.ready():
-        return json_response({"status": "ready"})
+        return json_response(Status("ready"))
     reason = "draining" if dispatcher.draining else "store unavailable"
-    return json_response(
-        {"status": "unavailable", "reason": reason}, 503, headers={"Retry-After": "5"}
-    )
-
-
-def add_routes(app: web.Application) -> None:
-    r = app.router
-    r.add_post("/v1/messages", post_message)
-    r.add_post("/v1/messages/batch", post_batch)
-    r.add_get("/v1/messages/{id}", get_message)
-    r.add_get("/v1/pools", operations.list_pools)
-    r.add_get("/v1/pools/{name}", operations.get_pool)
-    r.add_patch("/v1/pools/{name}", operations.patch_pool)
-    r.add_get("/v1/dlq", operations.list_dlq)
-    r.add_post("/v1/dlq/replay", operations.replay_dlq)
-    r.add_post("/v1/dlq/purge", operations.purge_dlq)
-    r.add_get("/v1/audit", operations.list_audit)
-    r.add_get("/v1/subscribe", operations.subscribe)
-    r.add_get("/healthz", healthz)
-    r.add_get("/readyz", readyz)
-    r.add_get("/openapi.json", openapi_handler)
+    return json_response(Status("unavailable", reason), 503, headers={"Retry-After": "5"})

@@ -21,12 +21,14 @@ import binascii
 import hashlib
 import re
 from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar
 from urllib.parse import quote, unquote
 
 import msgspec
 
 from ..errors import InvalidMessage
 from ..message import Publish
+from ..tags import MAX_TAG_LENGTH, TAG
 from .ingest import (
     MAX_HEADER_VALUE,
     TRACEPARENT,
@@ -39,8 +41,33 @@ from .ingest import (
 
 STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
+SPECVERSION = "1.0"
 _NAME = re.compile(r"^[a-z0-9]{1,20}$")
-_REQUIRED = ("id", "source", "specversion", "type")
+_Text = Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class CloudEvent(msgspec.Struct):
+    """A CloudEvent in structured mode. `type` is the tag; `source` and `id` together are
+    the dedup key. Other attributes (extensions) are strings, integers or booleans and
+    travel as `ce-` headers."""
+
+    # Events are read attribute by attribute (`_from_structured`: extensions are open-ended),
+    # so this struct decodes nothing. It is the events' schema, and names the required
+    # attributes, in the order they are checked.
+    SCHEMA_EXTRA: ClassVar[dict[str, object]] = {
+        "additionalProperties": {"type": ["string", "integer", "boolean"]}
+    }
+
+    id: _Text
+    source: _Text
+    specversion: Annotated[str, msgspec.Meta(extra_json_schema={"const": SPECVERSION})]
+    type: Annotated[str, msgspec.Meta(max_length=MAX_TAG_LENGTH, pattern=TAG.pattern)]
+    datacontenttype: str | msgspec.UnsetType = msgspec.UNSET
+    data: Any = msgspec.UNSET
+    data_base64: str | msgspec.UnsetType = msgspec.UNSET
+
+
+_REQUIRED = tuple(f.encode_name for f in msgspec.structs.fields(CloudEvent) if f.required)
 _SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
 _decode_event = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
 _decode_events = msgspec.json.Decoder(list[dict[str, msgspec.Raw]]).decode
@@ -160,8 +187,10 @@ def _publish(attrs: dict[str, str], payload: bytes, prefix: str, trace: str | No
         if not attrs.get(name):
             where = f"{prefix}{sep}{name}"
             raise InvalidMessage(f"{name} is required and non-empty", pointer=where)
-    if attrs["specversion"] != "1.0":
-        raise InvalidMessage("specversion must be 1.0", pointer=f"{prefix}{sep}specversion")
+    if attrs["specversion"] != SPECVERSION:
+        raise InvalidMessage(
+            f"specversion must be {SPECVERSION}", pointer=f"{prefix}{sep}specversion"
+        )
     check_tag(attrs["type"], f"{prefix}{sep}type")
     headers: dict[str, str] = {}
     for name, value in attrs.items():

@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from ..auth import requires
+from .views import json_response
 
 MAX_FRAMES = 64
 
@@ -31,9 +31,13 @@ Frame = tuple[str, int, str]  # filename, line, function
 
 class TaskInfo(msgspec.Struct):
     name: str
-    state: str
+    state: str  # running, pending or cancelling
     waiting_on: str | None
     stack: list[str]
+
+
+class TaskList(msgspec.Struct):
+    tasks: list[TaskInfo]
 
 
 def _running_frames(task: asyncio.Task[Any]) -> list[Frame]:
@@ -97,12 +101,13 @@ def snapshot() -> list[tuple[str, str, str | None, list[Frame]]]:
     return out
 
 
-def render_json(tasks: list[tuple[str, str, str | None, list[Frame]]]) -> bytes:
-    infos = [
-        TaskInfo(name, state, waiting, [_render_frame(f) for f in frames])
-        for name, state, waiting, frames in tasks
-    ]
-    return msgspec.json.encode({"tasks": infos})
+def render_json(tasks: list[tuple[str, str, str | None, list[Frame]]]) -> TaskList:
+    return TaskList(
+        [
+            TaskInfo(name, state, waiting, [_render_frame(f) for f in frames])
+            for name, state, waiting, frames in tasks
+        ]
+    )
 
 
 def render_text(tasks: list[tuple[str, str, str | None, list[Frame]]]) -> str:
@@ -122,11 +127,9 @@ def render_text(tasks: list[tuple[str, str, str | None, list[Frame]]]) -> str:
     return "\n".join(lines)
 
 
-@requires("admin")
 async def tasks(request: web.Request) -> web.Response:
     taken = snapshot()
     if request.query.get("format") == "json":
-        body = await asyncio.to_thread(render_json, taken)
-        return web.Response(body=body, content_type="application/json")
+        return json_response(await asyncio.to_thread(render_json, taken))
     text = await asyncio.to_thread(render_text, taken)
     return web.Response(text=text, content_type="text/plain")

@@ -20,7 +20,7 @@ from aiohttp import web
 from .. import strictjson
 from ..errors import BadRequest, InvalidMessage, RequestTimeout, TooLarge, field_problem
 from ..message import Publish
-from ..tags import MAX_TAG_LENGTH, is_valid_tag
+from ..tags import MAX_TAG_LENGTH, TAG, is_valid_tag
 
 MAX_BATCH = 1000
 MAX_DELAY = 366 * 86_400.0  # a year; longer is almost surely a unit mistake (ms for s)
@@ -34,15 +34,35 @@ TRACEPARENT = re.compile(r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a
 BAD_HEADER_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
+def _schema_only(**schema: object) -> msgspec.Meta:
+    """A rule that `to_publish` checks, for the schema only: the check says what is wrong
+    in words of its own, and skips the work where it can (tags are cached)."""
+    return msgspec.Meta(extra_json_schema=schema)
+
+
 class MessageIn(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """One message to publish."""
+
     # gc=False: a thousand of these per batch would each count towards a GC pass, and
     # their fields (strings, bytes, a dict of strings) can never form a cycle.
-    tag: str
-    payload: msgspec.Raw
-    id: str | None = None
+    tag: Annotated[str, _schema_only(pattern=TAG.pattern, maxLength=MAX_TAG_LENGTH)]
+    payload: Annotated[
+        msgspec.Raw, msgspec.Meta(description="any JSON value; delivered as these bytes")
+    ]
+    id: Annotated[str, _schema_only(pattern=MESSAGE_ID.pattern)] | None = None
     priority: Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)] = 0
-    delay: float = 0.0
-    headers: dict[str, str] = {}
+    delay: Annotated[
+        float,
+        msgspec.Meta(description="seconds before the first delivery"),
+        _schema_only(minimum=0, maximum=MAX_DELAY),
+    ] = 0.0
+    headers: Annotated[
+        dict[
+            Annotated[str, _schema_only(pattern=HEADER_NAME.pattern)],
+            Annotated[str, _schema_only(maxLength=MAX_HEADER_VALUE)],
+        ],
+        _schema_only(maxProperties=MAX_HEADERS),
+    ] = {}
 
 
 _single = msgspec.json.Decoder(MessageIn)

@@ -1,4 +1,5 @@
-"""The HTTP side of observability: `/metrics`, `/debug/tasks`, and an aiohttp middleware.
+"""The HTTP side of observability: the `/metrics` handler and an aiohttp middleware
+(`/debug/tasks` is in debug.py; both are routed by the table in routes.py).
 
 `setup(app)` is the one call `create_app` makes. It puts `observe_request` outermost, so it
 sees the final status of every request (after the error and auth middleware answered):
@@ -20,12 +21,10 @@ from prometheus_client import Counter
 from prometheus_client.aiohttp import make_aiohttp_handler
 from prometheus_client.exposition import choose_encoder
 
-from ..auth import requires
 from ..errors import Rejected
 from ..observe.metrics import Metrics
 from ..observe.tracing import Tracing, context_from
 from ..state import DISPATCHER
-from . import debug
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -35,33 +34,26 @@ UNMATCHED = "unmatched"  # the handler label of requests no route matched (404, 
 def setup(app: web.Application) -> None:
     dispatcher = app[DISPATCHER]
     app.middlewares.insert(0, _observe_request(dispatcher.metrics, dispatcher.tracing))
-    app.router.add_get("/metrics", _metrics_handler(dispatcher.metrics))
-    app.router.add_get("/debug/tasks", debug.tasks)
 
 
-def _metrics_handler(metrics: Metrics) -> Handler:
-    slow = make_aiohttp_handler(metrics.registry)
-
-    @requires(None)
-    async def handle_metrics(request: web.Request) -> web.StreamResponse:
-        # The collector reads a snapshot: take it here, asynchronously, then render on the
-        # loop without I/O. prometheus_client negotiates the format (OpenMetrics when the
-        # scraper asks, which carries exemplars) and renders the few standard families; the
-        # per-pool ones take the fast path (exposition.py). `name[]` filters: the slow path.
-        await metrics.refresh()
-        if "name[]" in request.query:
-            return await slow(request)
-        encoder, content_type = choose_encoder(",".join(request.headers.getall("Accept", [])))
-        openmetrics = content_type.startswith("application/openmetrics-text")
-        head = encoder(metrics.base)
-        tail = metrics.collector.render(openmetrics).encode()
-        # OpenMetrics: one "# EOF", at the very end.
-        body = head.removesuffix(b"# EOF\n") + tail + b"# EOF\n" if openmetrics else head + tail
-        response = web.Response(body=body, headers={"Content-Type": content_type})
-        response.enable_compression()
-        return response
-
-    return handle_metrics
+async def metrics_handler(request: web.Request) -> web.StreamResponse:
+    # The collector reads a snapshot: take it here, asynchronously, then render on the
+    # loop without I/O. prometheus_client negotiates the format (OpenMetrics when the
+    # scraper asks, which carries exemplars) and renders the few standard families; the
+    # per-pool ones take the fast path (exposition.py). `name[]` filters: the slow path.
+    metrics = request.app[DISPATCHER].metrics
+    await metrics.refresh()
+    if "name[]" in request.query:
+        return await make_aiohttp_handler(metrics.registry)(request)
+    encoder, content_type = choose_encoder(",".join(request.headers.getall("Accept", [])))
+    openmetrics = content_type.startswith("application/openmetrics-text")
+    head = encoder(metrics.base)
+    tail = metrics.collector.render(openmetrics).encode()
+    # OpenMetrics: one "# EOF", at the very end.
+    body = head.removesuffix(b"# EOF\n") + tail + b"# EOF\n" if openmetrics else head + tail
+    response = web.Response(body=body, headers={"Content-Type": content_type})
+    response.enable_compression()
+    return response
 
 
 def route_of(request: web.Request) -> str:

@@ -7,41 +7,85 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 from aiohttp import web
 
-from ..auth import requires
 from ..dispatcher import Dispatcher
 from ..errors import BadRequest, InvalidMessage
-from ..message import AuditEntry, DlqEntry, DlqFilter, PoolInfo
+from ..message import DlqFilter
 from ..state import DISPATCHER, PRINCIPAL
+from ..stores.base import parse_dlq_cursor
 from ..tags import validate_pattern
-from ..timefmt import parse_rfc3339, rfc3339
+from ..timefmt import parse_rfc3339
 from . import ingest
+from .views import (
+    AuditPage,
+    Count,
+    DlqPage,
+    PoolList,
+    Time,
+    audit_item,
+    dlq_item,
+    json_response,
+    pool_view,
+)
 
+DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 MAX_IDS = 10_000
-_DLQ_CURSOR = re.compile(r"^[0-9.eE+-]{1,32}:[0-9]{1,18}$")
 _AUDIT_CURSOR = re.compile(r"^[0-9]{1,18}$")
-_encode = msgspec.json.Encoder().encode
 
-Rate = Annotated[float, msgspec.Meta(gt=0, le=1e9)]
+Rate = Annotated[float, msgspec.Meta(gt=0, le=1e9, description="messages per second")]
+# The `limit` query parameter, as documented; `_limit` checks it.
+Limit = Annotated[
+    int,
+    msgspec.Meta(
+        ge=1, le=MAX_LIMIT, description="page size", extra_json_schema={"default": DEFAULT_LIMIT}
+    ),
+]
 
 
 class PoolPatch(msgspec.Struct, forbid_unknown_fields=True):
+    """Changes to a pool's settings, applied at once, persisted and audited; `rate` null
+    lifts the limit."""
+
+    SCHEMA_EXTRA: ClassVar[dict[str, object]] = {"minProperties": 1}  # see changes()
+
     rate: Rate | msgspec.UnsetType | None = msgspec.UNSET
     burst: Annotated[int, msgspec.Meta(ge=1, le=1_000_000_000)] | msgspec.UnsetType = msgspec.UNSET
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | msgspec.UnsetType = msgspec.UNSET
     paused: bool | msgspec.UnsetType = msgspec.UNSET
 
+    def changes(self) -> dict[str, Any]:
+        changes = {
+            f: getattr(self, f)
+            for f in self.__struct_fields__
+            if getattr(self, f) is not msgspec.UNSET
+        }
+        if not changes:
+            raise InvalidMessage(
+                "give at least one of rate, burst, concurrency, paused", pointer=""
+            )
+        return changes
+
 
 class FilterIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Dead messages matching all of the given fields."""
+
     pool: str | None = None
-    tag: str | None = None
-    error: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
-    since: str | None = None
+    tag: Annotated[str, msgspec.Meta(description="exact tag")] | None = None
+    error: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                max_length=1000, description="substring of the last error, case-insensitive"
+            ),
+        ]
+        | None
+    ) = None
+    since: Annotated[Time, msgspec.Meta(description="failed at or after")] | None = None
 
 
 Ids = Annotated[
@@ -51,17 +95,17 @@ Ids = Annotated[
 
 
 class PurgeIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Exactly one of `ids` (message ids) and `filter`."""
+
     ids: Ids | None = None
     filter: FilterIn | None = None
     dry_run: bool = False
 
 
 class ReplayIn(PurgeIn, forbid_unknown_fields=True):
+    """Exactly one of `ids` (message ids) and `filter`; `rate` spreads the replay out."""
+
     rate: Rate | None = None
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=_encode(data), content_type="application/json")
 
 
 def _bad_query(name: str, detail: str) -> BadRequest:
@@ -81,45 +125,33 @@ async def _decode(request: web.Request, kind: type[Any]) -> Any:
 # --- pools --------------------------------------------------------------------------------
 
 
-@requires("read")
 async def list_pools(request: web.Request) -> web.Response:
     infos = await request.app[DISPATCHER].pool_infos()
-    return _json({"pools": [_pool(i) for i in infos]})
+    return json_response(PoolList([pool_view(i) for i in infos]))
 
 
-@requires("read")
 async def get_pool(request: web.Request) -> web.Response:
-    return _json(_pool(await request.app[DISPATCHER].pool_info(request.match_info["name"])))
+    info = await request.app[DISPATCHER].pool_info(request.match_info["name"])
+    return json_response(pool_view(info))
 
 
-@requires("operate")
 async def patch_pool(request: web.Request) -> web.Response:
     dispatcher: Dispatcher = request.app[DISPATCHER]
     name = request.match_info["name"]
     await dispatcher.pool_info(name)  # 404 before reading the body
     patch: PoolPatch = await _decode(request, PoolPatch)
-    changes = {
-        f: getattr(patch, f)
-        for f in PoolPatch.__struct_fields__
-        if getattr(patch, f) is not msgspec.UNSET
-    }
-    if not changes:
-        raise InvalidMessage("give at least one of rate, burst, concurrency, paused", pointer="")
+    changes = patch.changes()
     info = await dispatcher.update_pool(name, actor=request[PRINCIPAL].name, **changes)
-    return _json(_pool(info))
-
-
-def _pool(info: PoolInfo) -> dict[str, Any]:
-    out: dict[str, Any] = msgspec.to_builtins(info)
-    out["oldest_age_seconds"] = round(info.oldest_age_seconds, 3)
-    return out
+    return json_response(pool_view(info))
 
 
 # --- dead-letter queue --------------------------------------------------------------------
 
 
 def _limit(request: web.Request) -> int:
-    text = request.query.get("limit", "50")
+    text = request.query.get("limit")
+    if text is None:
+        return DEFAULT_LIMIT
     # isascii: str.isdigit() also accepts "²", which int() refuses (a 500, not a 400)
     if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_LIMIT:
         raise _bad_query("limit", f"an integer from 1 to {MAX_LIMIT}")
@@ -138,12 +170,14 @@ def _since(text: str | None, error: Exception) -> float | None:
     return since
 
 
-@requires("read")
 async def list_dlq(request: web.Request) -> web.Response:
     q = request.query
     cursor = q.get("cursor")
-    if cursor is not None and not (_DLQ_CURSOR.match(cursor) and _finite_prefix(cursor)):
-        raise _bad_query("cursor", "not a cursor this API returned")
+    if cursor is not None:
+        try:
+            parse_dlq_cursor(cursor)
+        except ValueError:
+            raise _bad_query("cursor", "not a cursor this API returned") from None
     selector = DlqFilter(
         pool=q.get("pool"),
         tag=q.get("tag"),
@@ -153,39 +187,7 @@ async def list_dlq(request: web.Request) -> web.Response:
     entries, next_cursor = await request.app[DISPATCHER].dlq_list(
         selector, limit=_limit(request), cursor=cursor
     )
-    return _json({"items": [_dlq_item(e) for e in entries], "next_cursor": next_cursor})
-
-
-def _finite_prefix(cursor: str) -> bool:
-    try:
-        return math.isfinite(float(cursor.rsplit(":", 1)[0]))
-    except ValueError:
-        return False
-
-
-def payload_value(payload: bytes) -> Any:
-    """The payload as JSON to embed in a response: as is when it is JSON (no re-encoding),
-    else as text."""
-    try:
-        msgspec.json.decode(payload)
-    except msgspec.DecodeError:
-        return payload.decode("utf-8", "replace")
-    return msgspec.Raw(payload)
-
-
-def _dlq_item(e: DlqEntry) -> dict[str, Any]:
-    m = e.message
-    return {
-        "id": m.id,
-        "pool": e.pool,
-        "tag": m.tag,
-        "attempts": e.attempts,
-        "error": e.error,
-        "failed_at": rfc3339(e.failed_at),
-        "payload": payload_value(m.payload),
-        "reason": e.reason,
-        "created_at": rfc3339(m.created_at),
-    }
+    return json_response(DlqPage([dlq_item(e) for e in entries], next_cursor))
 
 
 def _selector(body: PurgeIn) -> DlqFilter:
@@ -199,28 +201,25 @@ def _selector(body: PurgeIn) -> DlqFilter:
     return DlqFilter(pool=f.pool, tag=f.tag, error=f.error, since=_since(f.since, error))
 
 
-@requires("operate")
 async def replay_dlq(request: web.Request) -> web.Response:
     body: ReplayIn = await _decode(request, ReplayIn)
     count = await request.app[DISPATCHER].dlq_replay(
         _selector(body), actor=request[PRINCIPAL].name, dry_run=body.dry_run, rate=body.rate
     )
-    return _json({"count": count, "dry_run": body.dry_run})
+    return json_response(Count(count, body.dry_run))
 
 
-@requires("operate")
 async def purge_dlq(request: web.Request) -> web.Response:
     body: PurgeIn = await _decode(request, PurgeIn)
     count = await request.app[DISPATCHER].dlq_purge(
         _selector(body), actor=request[PRINCIPAL].name, dry_run=body.dry_run
     )
-    return _json({"count": count, "dry_run": body.dry_run})
+    return json_response(Count(count, body.dry_run))
 
 
 # --- audit and subscriptions --------------------------------------------------------------
 
 
-@requires("read")
 async def list_audit(request: web.Request) -> web.Response:
     cursor = request.query.get("cursor")
     if cursor is not None and not _AUDIT_CURSOR.match(cursor):
@@ -228,21 +227,9 @@ async def list_audit(request: web.Request) -> web.Response:
     entries, next_cursor = await request.app[DISPATCHER].audit_list(
         limit=_limit(request), cursor=cursor
     )
-    return _json({"items": [_audit_item(e) for e in entries], "next_cursor": next_cursor})
+    return json_response(AuditPage([audit_item(e) for e in entries], next_cursor))
 
 
-def _audit_item(e: AuditEntry) -> dict[str, Any]:
-    return {
-        "at": rfc3339(e.at),
-        "actor": e.actor,
-        "action": e.action,
-        "target": e.target,
-        "detail": e.detail,
-        "count": e.count,
-    }
-
-
-@requires("read")
 async def subscribe(request: web.Request) -> web.StreamResponse:
     """WebSocket: receive the messages of `websocket` pools whose tag matches `tag` (a route
     pattern); ack each with {"ack": id} (see sinks/websocket.py for the frames)."""

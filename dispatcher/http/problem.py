@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated
 
 import msgspec
 from aiohttp import web
+
+from .views import json_response
 
 CONTENT_TYPE = "application/problem+json"
 
@@ -26,6 +28,24 @@ _TITLES = {
 }
 
 
+class ProblemError(msgspec.Struct):
+    detail: str
+    pointer: Annotated[
+        str,
+        msgspec.Meta(description="where: a JSON pointer into the body, or ?name of a parameter"),
+    ]
+
+
+class Problem(msgspec.Struct):
+    """RFC 9457 problem details: every error the API answers is one."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[ProblemError] | msgspec.UnsetType = msgspec.UNSET
+
+
 def problem(
     status: int,
     detail: str,
@@ -33,23 +53,11 @@ def problem(
     pointer: str | None = None,
     retry_after: float | None = None,
     headers: dict[str, str] | None = None,
-    **extra: Any,
 ) -> web.Response:
-    body: dict[str, Any] = {
-        "type": "about:blank",
-        "title": _TITLES.get(status, "Error"),
-        "status": status,
-        "detail": detail,
-    }
+    body = Problem("about:blank", _TITLES.get(status, "Error"), status, detail)
     if pointer is not None:
-        body["errors"] = [{"detail": detail, "pointer": pointer}]
-    body.update(extra)
+        body.errors = [ProblemError(detail, pointer)]
     out_headers = dict(headers or {})
     if retry_after is not None:
         out_headers["Retry-After"] = str(max(1, int(retry_after + 0.999)))
-    return web.Response(
-        status=status,
-        body=msgspec.json.encode(body),
-        content_type=CONTENT_TYPE,
-        headers=out_headers,
-    )
+    return json_response(body, status, out_headers, CONTENT_TYPE)

@@ -18,6 +18,8 @@ Methods are coroutines and never block the event loop (SQLite work runs on its o
 from __future__ import annotations
 
 import abc
+import math
+import re
 from collections.abc import Mapping, Sequence
 
 from ..message import (
@@ -63,12 +65,18 @@ def format_dlq_cursor(failed_at: float, key: int) -> str:
 
 
 def parse_dlq_cursor(cursor: str) -> tuple[float, int]:
-    """(failed_at, key) from a cursor of `format_dlq_cursor`; ValueError for anything else."""
-    try:
+    """(failed_at, key) from a cursor of `format_dlq_cursor`; ValueError for anything else
+    (the API answers that with a 400, so a forged cursor never reaches a store's query)."""
+    if _DLQ_CURSOR.fullmatch(cursor):
         at, key = cursor.rsplit(":", 1)
-        return float(at), int(key)
-    except ValueError:
-        raise ValueError(f"invalid cursor: {cursor!r}") from None
+        failed_at = float(at)
+        if math.isfinite(failed_at):
+            return failed_at, int(key)
+    raise ValueError(f"invalid cursor: {cursor!r}")
+
+
+#: a repr'd float, then a job key that fits SQLite's 64-bit integers
+_DLQ_CURSOR = re.compile(r"[0-9.eE+-]{1,32}:[0-9]{1,18}")
 
 
 class Store(abc.ABC):
