@@ -1,4 +1,5 @@
-"""The command line: `dispatcher serve` and `dispatcher check-config` (DESIGN.md, Part 2)."""
+"""The command line: `dispatcher serve`, `dispatcher check-config` and `dispatcher init`
+(the README's "Command line")."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from .demo import DEMO_CONFIG
 from .errors import ConfigError, StoreError
 from .observe import logs
 from .observe.tracing import configure_sdk
+from .starter import starter
 from .version import __version__
 
 
@@ -39,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     check = sub.add_parser("check-config", help="validate a config and print it, redacted")
     check.add_argument("file", metavar="FILE")
+    init = sub.add_parser("init", help="write a commented starter config (never overwrites)")
+    init.add_argument("file", metavar="FILE", nargs="?", default="dispatcher.yaml")
     return parser
 
 
@@ -46,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check-config":
         return _check_config(args.file)
+    if args.command == "init":
+        return _init(args.file)
     return _serve(args)
 
 
@@ -56,6 +62,21 @@ def _check_config(path: str) -> int:
         print(f"{path}: error: {exc}", file=sys.stderr)
         return 2
     print(yaml.safe_dump(redacted(settings), sort_keys=False), end="")
+    return 0
+
+
+def _init(path: str) -> int:
+    text = starter(path)
+    try:
+        with open(path, "x", encoding="utf-8") as file:  # "x": never overwrite
+            file.write(text)
+    except FileExistsError:
+        print(f"{path}: error: the file exists; not overwritten", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"{path}: error: cannot write: {exc.strerror}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}; check it with `dispatcher check-config {path}`")
     return 0
 
 

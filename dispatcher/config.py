@@ -36,66 +36,130 @@ Count = Annotated[int, msgspec.Meta(ge=1)]
 
 
 class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    # The string under a field is its documentation: the README's reference table and the
+    # comments of `dispatcher init`'s starter file are generated from it (starter.py).
     pass
 
 
 class ServerConfig(_Section, frozen=True):
+    """The HTTP listener: the API, the console and /metrics on one port."""
+
     host: str = "127.0.0.1"
+    """Address to listen on; loopback by default, so only this machine can connect."""
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
+    """TCP port; 0 picks a free one."""
     max_body_bytes: Count = 1_048_576
+    """Largest request body accepted; a larger one is answered 413."""
     grace_period: Seconds = 30.0
-    request_timeout: PositiveSeconds = 15.0  # slow clients are cut off after this
+    """Seconds that SIGTERM or SIGINT lets running attempts finish before the process exits."""
+    request_timeout: PositiveSeconds = 15.0
+    """Seconds a client has to send its request headers (else the connection is closed) or
+    its body (else 408)."""
 
 
 class StoreConfig(_Section, frozen=True):
+    """Where messages are kept."""
+
     url: str = "sqlite:///./dispatcher-data/dispatcher.db"
+    """sqlite:///relative/path.db or sqlite:////absolute/path.db (embedded, the default), or
+    memory:// (nothing survives a restart; for tests)."""
     min_free_bytes: Annotated[int, msgspec.Meta(ge=0)] = 67_108_864
+    """Ingest answers 503 while the store's disk has less free space than this."""
     lease: PositiveSeconds = 30.0
-    synchronous: Literal["full", "normal"] = "full"  # sqlite: fsync every commit, or WAL-safe
-    retention: Seconds = 3600.0  # delivered messages stay visible this long
+    """Reserved for the Redis store of a later version; no effect on sqlite or memory."""
+    synchronous: Literal["full", "normal"] = "full"
+    """SQLite durability. full: every commit is fsynced before its 2xx, so a power cut loses
+    nothing acknowledged. normal: fsync at WAL checkpoints only; a crash of the process loses
+    nothing, a power cut may lose the last commits."""
+    retention: Seconds = 3600.0
+    """Seconds a delivered message stays readable at GET /v1/messages/{id}."""
     dedup_window: Seconds = 86_400.0
+    """Seconds during which a repeated message id or Idempotency-Key is answered as a
+    duplicate (200) and enqueues nothing."""
 
 
 class TokenConfig(_Section, frozen=True):
+    """One API token: give token or token_env, not both."""
+
     name: str
+    """Who holds the token; the audit log names this as the actor."""
     token: str | None = None
+    """The token itself, inline."""
     token_env: str | None = None
+    """The name of an environment variable that holds the token (set when the process
+    starts)."""
     scopes: tuple[Scope, ...] = ("produce", "read")
+    """What the token may do: produce (send), read (look), operate (pause, throttle, replay,
+    purge), admin (everything, /debug/tasks too)."""
 
 
 class AuthConfig(_Section, frozen=True):
+    """Who may call the API and log in to the console."""
+
     tokens: tuple[TokenConfig, ...] = ()
+    """Bearer tokens. With none, an admin token is generated at start and printed (it lasts
+    until the process exits)."""
     disabled: bool = False
+    """Turn authentication off: every request acts as admin. Allowed only when server.host is
+    a loopback address."""
 
 
 class RetryConfig(_Section, frozen=True):
+    """When a failed attempt is tried again. After n failed attempts the wait is uniform in
+    [0, min(max_backoff, initial_backoff * multiplier^(n-1))] (full jitter)."""
+
     max_attempts: Count = 5
+    """Attempts in all; when the last one fails the message goes to the DLQ."""
     initial_backoff: Seconds = 1.0
+    """Seconds; the longest wait after the first failed attempt."""
     max_backoff: Seconds = 300.0
+    """Seconds; no wait is longer, not even one a Retry-After asks for."""
     multiplier: Annotated[float, msgspec.Meta(ge=1)] = 2.0
+    """How much the longest wait grows with each failed attempt."""
 
 
 class WebhookSinkConfig(_Section, frozen=True, tag="webhook", tag_field="type"):
+    """POST each message to a URL, signed per Standard Webhooks."""
+
     url: str
+    """The http:// or https:// URL to POST to. Redirects are not followed; private and
+    loopback addresses are refused unless the security keys allow them."""
     secret: str | None = None
+    """Signing secret: whsec_ and base64 (any other text is used as its UTF-8 bytes). Unset:
+    no webhook-signature header."""
     headers: dict[str, str] = {}
+    """Extra request headers; they cannot replace the webhook-* and dispatcher-* ones."""
 
 
 class PythonSinkConfig(_Section, frozen=True, tag="python", tag_field="type"):
-    handler: str  # "package.module:function"
+    """Call a Python function in the dispatcher's process."""
+
+    handler: str
+    """package.module:function, called with each Message, sync (in a thread) or async; it
+    may raise dispatcher.Retry or dispatcher.Permanent to steer the outcome."""
 
 
 class WebsocketSinkConfig(_Section, frozen=True, tag="websocket", tag_field="type"):
+    """Push each message to a client connected to GET /v1/subscribe."""
+
     ack_timeout: PositiveSeconds = 10.0
+    """Seconds a subscriber has to ack a message; then the attempt fails (and is retried)."""
 
 
 class LogSinkConfig(_Section, frozen=True, tag="log", tag_field="type"):
+    """Log one line per delivery (ids and sizes, never the payload)."""
+
     level: Literal["debug", "info", "warning"] = "info"
+    """Level of the line: debug, info or warning."""
 
 
 class DemoSinkConfig(_Section, frozen=True, tag="demo", tag_field="type"):
+    """Pretend to deliver, with a latency and a failure rate."""
+
     fail_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+    """Share of attempts that fail, a tenth of them permanently."""
     latency: Seconds = 0.0
+    """Mean seconds per attempt (each takes 0.5 to 1.5 times this)."""
 
 
 SinkConfig = (
@@ -104,12 +168,20 @@ SinkConfig = (
 
 
 class PoolConfig(_Section, frozen=True):
+    """Workers that deliver to one sink, with their own limits and retry policy."""
+
     sink: SinkConfig
+    """Where the pool delivers; type is webhook, python, websocket, log or demo."""
     concurrency: Count = 8
-    rate: Annotated[float, msgspec.Meta(gt=0)] | None = None  # None: unlimited
-    burst: Count | None = None  # None: one second's worth of `rate`
+    """Most deliveries in flight at once."""
+    rate: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    """Deliveries per second, as a token bucket; null: unlimited."""
+    burst: Count | None = None
+    """Size of the token bucket (needs rate); null: one second's worth of rate."""
     max_backlog: Count = 100_000
+    """Ingest answers 429 once this many of the pool's messages wait undelivered."""
     timeout: PositiveSeconds = 10.0
+    """Seconds per attempt; a slower one fails as a timeout (and is retried)."""
     retry: RetryConfig = RetryConfig()
 
     @property
@@ -120,30 +192,49 @@ class PoolConfig(_Section, frozen=True):
 
 
 class RouteConfig(_Section, frozen=True):
+    """Sends the messages whose tag matches to some pools."""
+
     match: str
+    """Tag pattern: dot-separated tokens; * matches exactly one token, a final > one or
+    more."""
     pools: tuple[str, ...]
+    """The pools that get the matching messages."""
 
 
 class SecurityConfig(_Section, frozen=True):
+    """Which webhook targets are allowed (the guard against server-side request forgery)."""
+
     webhook_allow_private: bool = False
+    """Allow webhook targets on private, loopback and link-local addresses."""
     webhook_allow_cidrs: tuple[str, ...] = ()
+    """Allow just these networks, e.g. [127.0.0.1/32, 10.1.0.0/16]."""
 
 
 class DemoConfig(_Section, frozen=True):
-    traffic: Seconds = 0.0  # demo messages per second generated in-process; 0 = off
+    """The built-in demo."""
+
+    traffic: Seconds = 0.0
+    """Demo messages per second generated in the process (0: none; the built-in demo: 5)."""
 
 
 class ConsoleConfig(_Section, frozen=True):
-    # A link from a message to its trace, e.g. "https://tempo.example/trace/{trace_id}".
+    """The web console at /console."""
+
     trace_url: str | None = None
+    """A link from a message to its trace, {trace_id} replaced, e.g.
+    https://tempo.example/trace/{trace_id}; null: no link."""
 
 
 class Settings(_Section, frozen=True):
+    """The whole configuration."""
+
     server: ServerConfig = ServerConfig()
     store: StoreConfig = StoreConfig()
     auth: AuthConfig = AuthConfig()
     pools: dict[str, PoolConfig] = {}
+    """The worker pools, by name: 1 to 64 of [a-z0-9_-]; at most 1024 pools."""
     routes: tuple[RouteConfig, ...] = ()
+    """Which pools get a message: those of every route that matches its tag (fan-out)."""
     security: SecurityConfig = SecurityConfig()
     demo: DemoConfig = DemoConfig()
     console: ConsoleConfig = ConsoleConfig()
