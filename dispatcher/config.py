@@ -61,12 +61,17 @@ class StoreConfig(_Section, frozen=True):
     """Where messages are kept."""
 
     url: str = "sqlite:///./dispatcher-data/dispatcher.db"
-    """sqlite:///relative/path.db or sqlite:////absolute/path.db (embedded, the default), or
-    memory:// (nothing survives a restart; for tests)."""
+    """sqlite:///relative/path.db or sqlite:////absolute/path.db (embedded, the default);
+    redis://host:6379/0 or rediss://... (several processes share one Redis); or memory://
+    (nothing survives a restart; for tests)."""
     min_free_bytes: Annotated[int, msgspec.Meta(ge=0)] = 67_108_864
     """Ingest answers 503 while the store's disk has less free space than this."""
     lease: PositiveSeconds = 30.0
-    """Reserved for the Redis store of a later version; no effect on sqlite or memory."""
+    """Redis: seconds after which a job claimed by a process that died or stalled is
+    claimed again by another; must exceed every pool's timeout."""
+    prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_:.-]{1,64}$")] = "dispatcher"
+    """Redis: the prefix of every key, so that several deployments (or tests) share one
+    server."""
     synchronous: Literal["full", "normal"] = "full"
     """SQLite durability. full: every commit is fsynced before its 2xx, so a power cut loses
     nothing acknowledged. normal: fsync at WAL checkpoints only; a crash of the process loses
@@ -352,6 +357,7 @@ def _deep_copy(value: Any) -> Any:
     return value
 
 
+REDIS_SCHEMES = ("redis://", "rediss://")
 MAX_POOLS = 1024  # the SQLite store numbers a message's jobs within a range of this size
 
 
@@ -366,6 +372,9 @@ def _check(settings: Settings, env: Mapping[str, str]) -> None:
             raise ConfigError(f"{where}.burst", "needs a rate")
         if pool.retry.max_backoff < pool.retry.initial_backoff:
             raise ConfigError(f"{where}.retry.max_backoff", "is below initial_backoff")
+        if settings.store.url.startswith(REDIS_SCHEMES) and pool.timeout >= settings.store.lease:
+            # Else a slow but live attempt's job would be claimed again by another process.
+            raise ConfigError(f"{where}.timeout", "must be below store.lease")
         sink = pool.sink
         if isinstance(sink, WebhookSinkConfig):
             _check_webhook_url(f"{where}.sink.url", sink.url, settings.security)

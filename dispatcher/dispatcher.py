@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import logging
 import random as _random
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -70,7 +71,13 @@ class Dispatcher:
         tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.settings = settings
-        self.store = store or open_store(settings.store.url, synchronous=settings.store.synchronous)
+        self.store = store or open_store(
+            settings.store.url,
+            synchronous=settings.store.synchronous,
+            prefix=settings.store.prefix,
+            lease=settings.store.lease,
+            consumer=f"{socket.gethostname()}:{settings.server.port}",
+        )
         self.router = Router((r.match, r.pools) for r in settings.routes)
         self.sink_context = SinkContext(settings.security)
         self._sink_overrides = dict(sinks or {})

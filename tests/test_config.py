@@ -170,11 +170,31 @@ def test_check_config_refuses_ssrf_target(tmp_path: Path) -> None:
 
 @pytest.mark.allow_blocking
 def test_serve_refuses_a_store_it_does_not_have_with_exit_2(tmp_path: Path) -> None:
-    path = write(tmp_path, "store: {url: 'redis://127.0.0.1:6379/0'}")
+    path = write(tmp_path, "store: {url: 'postgres://127.0.0.1:5432/db'}")
     result = run_cli("serve", "--config", str(path), "--port", "0")
     assert result.returncode == 2
     assert "store.url" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.allow_blocking
+def test_serve_reports_an_unreachable_redis(tmp_path: Path) -> None:
+    path = write(tmp_path, "store: {url: 'redis://127.0.0.1:1/0'}")
+    result = run_cli("serve", "--config", str(path), "--port", "0")
+    assert result.returncode == 1
+    assert "cannot open the store" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_pool_timeout_must_fit_in_the_redis_lease() -> None:
+    raw = {
+        "store": {"url": "redis://127.0.0.1:6379/0", "lease": 10},
+        "pools": {"slow": {"timeout": 10, "sink": {"type": "log"}}},
+    }
+    with pytest.raises(ConfigError, match=r"pools\.slow\.timeout: must be below store\.lease"):
+        settings_from_dict(raw)
+    raw["store"]["lease"] = 11
+    settings_from_dict(raw)
 
 
 @pytest.mark.allow_blocking

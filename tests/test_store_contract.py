@@ -27,11 +27,14 @@ from dispatcher.message import (
 )
 from dispatcher.stores.base import Store, format_dlq_cursor, parse_dlq_cursor
 from dispatcher.stores.memory import MemoryStore
+from dispatcher.stores.redis import RedisStore
 from dispatcher.stores.sqlite import SqliteStore
 
 from .factories import T0, dead, delivered, message, new_message, retry
+from .kit.redis import URL as REDIS_URL
+from .kit.redis import drop_prefix, require_redis, unique_prefix
 
-BACKENDS = ["memory", "sqlite"]  # "redis" joins with the scale-out store
+BACKENDS = ["memory", "sqlite", "redis"]
 
 LATER = T0 + 1_000_000  # a `now` after everything the tests schedule
 
@@ -42,6 +45,7 @@ class Harness:
     def __init__(self, kind: str, tmp_path: Path) -> None:
         self.kind = kind
         self.path = tmp_path / "data" / "dispatcher.db"
+        self.prefix = unique_prefix()
         self.opened: list[Store] = []
 
     def make(self) -> Store:
@@ -49,6 +53,8 @@ class Harness:
             return MemoryStore()
         if self.kind == "sqlite":
             return SqliteStore(str(self.path))
+        if self.kind == "redis":
+            return RedisStore(REDIS_URL, prefix=self.prefix, consumer="contract")
         raise AssertionError(self.kind)
 
     async def open(self, store: Store | None = None) -> tuple[Store, int]:
@@ -66,10 +72,14 @@ class Harness:
 
 @pytest.fixture(params=BACKENDS)
 async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
+    if request.param == "redis":
+        await require_redis()
     h = Harness(request.param, tmp_path)
     yield h
     for store in h.opened:
         await store.close()
+    if request.param == "redis":
+        await drop_prefix(h.prefix)
 
 
 @pytest.fixture
