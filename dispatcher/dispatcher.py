@@ -96,7 +96,9 @@ class Dispatcher:
         # (the span is current for log records and metric exemplars); `observability=False`
         # leaves the engine bare (the overhead benchmark's baseline).
         self._observe = observability
-        self.metrics = Metrics(settings, self, store_kind=self.store.kind)
+        self.metrics = Metrics(
+            settings, self, store_kind=self.store.kind, durable=lambda: self.store.durable
+        )
         self.tracing = Tracing(tracer_provider, enabled=observability)
         if observability:
             self.store = InstrumentedStore(self.store, self.metrics.store_seconds, STORE_OPERATIONS)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -161,7 +161,14 @@ class MetricsMiddleware(Middleware):
 class Metrics:
     """The registry and every metric in it. Owned by one Dispatcher."""
 
-    def __init__(self, settings: Settings, source: Source, *, store_kind: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        source: Source,
+        *,
+        store_kind: str,
+        durable: Callable[[], bool] = lambda: False,
+    ) -> None:
         # `base`: what prometheus_client renders; `registry`: everything, for anyone
         # collecting the usual way. /metrics renders `base` + the collector's fast text.
         self.base = CollectorRegistry()
@@ -173,6 +180,12 @@ class Metrics:
             "dispatcher_build_info", "Always 1; the version and store kind as labels.",
             ["version", "store"], registry=r,
         ).labels(__version__, store_kind).set(1)  # fmt: skip
+        Gauge(
+            "dispatcher_store_durable",
+            "1 when a 2xx means fsynced to disk (sqlite synchronous full; redis appendonly "
+            "with appendfsync always), else 0.",
+            registry=r,
+        ).set_function(lambda: float(durable()))
         self.enqueued = Counter(
             "dispatcher_messages_enqueued_total", "Accepted messages, per pool after fan-out.",
             ["pool"], registry=r,

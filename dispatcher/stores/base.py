@@ -98,6 +98,12 @@ class Store(abc.ABC):
         return True
 
     @property
+    def durable(self) -> bool:
+        """True when a 2xx means on disk: every acknowledged write fsynced before its reply
+        (the gauge dispatcher_store_durable)."""
+        return False
+
+    @property
     def data_dir(self) -> str | None:
         """The local directory the store writes to, whose free space gates ingest
         (`store.min_free_bytes`); None for a store that keeps nothing on this machine."""

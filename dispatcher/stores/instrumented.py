@@ -48,6 +48,10 @@ class InstrumentedStore(Store):
     def data_dir(self) -> str | None:
         return self.inner.data_dir
 
+    @property
+    def durable(self) -> bool:
+        return self.inner.durable
+
     async def _timed(self, operation: str, call: Awaitable[T]) -> T:
         child = self._children.get(operation)
         if child is None:

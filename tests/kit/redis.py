@@ -3,8 +3,14 @@ under a key prefix of its own that it deletes afterwards; never FLUSHALL or FLUS
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import socket
+import subprocess
+import time
 import uuid
+from pathlib import Path
 
 import redis.asyncio as aioredis
 
@@ -37,3 +43,53 @@ async def drop_prefix(prefix: str, url: str = URL) -> int:
         return len(keys)
     finally:
         await client.aclose()
+
+
+class RedisServer:
+    """A private redis-server on a free loopback port, its files in `directory`: for tests
+    that stop, restart or reconfigure a server (the shared one is never touched that way).
+    Stopped and started again on the same port and files, as after a crash (AOF replayed)."""
+
+    def __init__(self, directory: Path, *args: str) -> None:
+        self.directory = directory
+        self.args = args
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisServer:
+        if shutil.which("redis-server") is None:
+            require_service("redis-server", "apt-get install redis-server")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+            + ["--dir", str(self.directory), "--save", "", *self.args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
+                return self
+            time.sleep(0.02)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown save, as in a crash."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait(10)
+            self._process = None
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

@@ -58,12 +58,16 @@ class RedisStore(Store):
         #: names this process's claims; stable across restarts of the same instance, so a
         #: restarted process takes its own claims back at once instead of after the lease
         self.consumer = consumer or f"{socket.gethostname()}:{os.getpid()}"
-        self.durable = False
+        self._durable = False
         self._client: Any = None
         self._open = False
         self._numbers = range(0)
         self._known_pools: set[str] = set()
         self._shas: dict[str, str] = {}
+
+    @property
+    def durable(self) -> bool:
+        return self._durable
 
     def __repr__(self) -> str:
         return f"RedisStore({self.keys.prefix!r}, consumer={self.consumer!r})"
@@ -72,8 +76,8 @@ class RedisStore(Store):
     async def open(self) -> int:
         try:
             self._client = await connect(self.url)
-            self.durable, why = await durability(self._client)
-            if not self.durable:
+            self._durable, why = await durability(self._client)
+            if not self._durable:
                 log.warning("redis: an acknowledged message can be lost: %s", why)
             await self._load_scripts()
             self._open = True

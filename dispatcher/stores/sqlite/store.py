@@ -66,6 +66,10 @@ class SqliteStore(Store):
 
     # --- lifecycle -----------------------------------------------------------------------
     @property
+    def durable(self) -> bool:
+        return self.synchronous == "FULL"
+
+    @property
     def data_dir(self) -> str:
         return os.path.dirname(os.path.abspath(self.path)) or "."
 
