@@ -84,6 +84,19 @@ class Actions:
             await pool.set_paused(bool(changes["paused"]))
         await self._audit(actor, "pool.update", pool.name, changes)
 
+    async def adopt(self, saved: Mapping[str, Mapping[str, Any]]) -> None:
+        """Take over the overrides another process saved (a shared store): each pool whose
+        live settings differ from its saved ones is set to them, unaudited (the process that
+        made the change audited it)."""
+        for name, pool in self._pools.items():
+            wanted = dict(saved.get(name, {}))
+            if wanted == overrides_of(pool):
+                continue
+            apply_overrides(pool, wanted)
+            paused = bool(wanted.get("paused"))
+            if paused != pool.paused:
+                await pool.set_paused(paused)
+
     async def reset_pool(self, pool: Pool, *, actor: str) -> None:
         await self._store.save_pool_settings(pool.name, {})
         apply_overrides(pool, {})

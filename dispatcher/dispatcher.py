@@ -25,6 +25,7 @@ from .actions import Actions, apply_overrides, overrides_of
 from .admission import Admission
 from .config import Settings
 from .errors import IdConflict, NotFound, StoreError, Unavailable, Unroutable
+from .following import SettingsFollower
 from .housekeeping import Housekeeper
 from .message import (
     Accepted,
@@ -118,6 +119,7 @@ class Dispatcher:
             check_open=self._check_open,
         )
         self._housekeeper = Housekeeper(self.store, settings.store, clock)
+        self._follower = SettingsFollower(self.store, self._actions.adopt)
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -154,6 +156,8 @@ class Dispatcher:
         for pool in self.pools.values():
             pool.start()
         self._housekeeper.start()
+        if self.store.shared:
+            self._follower.start()
         if self._observe:
             self.metrics.start()
         self.started = True
@@ -184,6 +188,7 @@ class Dispatcher:
             except StoreError:
                 log.exception("could not release %d abandoned jobs", len(abandoned))
         await self._housekeeper.stop()
+        await self._follower.stop()
         for sink in self._sinks.values():
             try:
                 await sink.close()

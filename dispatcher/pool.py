@@ -211,6 +211,7 @@ class Pool:
     def configure(self, *, rate: float | None, burst: int, concurrency: int) -> None:
         self.rate, self.burst = rate, burst
         self._bucket.configure(rate, burst, self._monotonic())
+        self._store.share_rate(self.name, rate, burst)
         self._wake_throttled()
         if concurrency != self.concurrency:
             self.concurrency = concurrency

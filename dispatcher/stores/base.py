@@ -98,6 +98,17 @@ class Store(abc.ABC):
         return True
 
     @property
+    def shared(self) -> bool:
+        """True when several processes share this store: pool overrides saved by one are
+        followed by all (dispatcher/following.py), and rates are enforced across all."""
+        return False
+
+    def share_rate(self, pool: str, rate: float | None, burst: int) -> None:
+        """A pool's rate and burst in force. A shared store enforces them for the sum of
+        every process's claims; the others ignore this (each pool paces itself)."""
+        return
+
+    @property
     def durable(self) -> bool:
         """True when a 2xx means on disk: every acknowledged write fsynced before its reply
         (the gauge dispatcher_store_durable)."""

@@ -52,6 +52,13 @@ class InstrumentedStore(Store):
     def durable(self) -> bool:
         return self.inner.durable
 
+    @property
+    def shared(self) -> bool:
+        return self.inner.shared
+
+    def share_rate(self, pool: str, rate: float | None, burst: int) -> None:
+        self.inner.share_rate(pool, rate, burst)
+
     async def _timed(self, operation: str, call: Awaitable[T]) -> T:
         child = self._children.get(operation)
         if child is None:

@@ -23,6 +23,7 @@ POOL_KEYS = (
     "prios",
     "dedup",
     "dedupx",
+    "bucket",
 )
 
 

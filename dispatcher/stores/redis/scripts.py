@@ -25,7 +25,7 @@ _PRELUDE = """
 local META, MSG, IDS, SCHED = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local LEASE, OWNER, LOG, HIST = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local LIVE, DONE, DLQ, PRIOS = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
-local DEDUP, DEDUPX = KEYS[13], KEYS[14]
+local DEDUP, DEDUPX, BUCKET = KEYS[13], KEYS[14], KEYS[15]
 local PREFIX = ARGV[1]
 local READY, CLAIMED, DELIVERED, DEAD, SCHEDULED = 0, 1, 2, 3, 4
 
@@ -148,6 +148,14 @@ for _, k in ipairs(redis.call('ZRANGEBYSCORE', LEASE, '-inf', server_now, 'LIMIT
   if m and m[1] == CLAIMED then push_ready(k, m); put(k, m) end
 end
 local deadline = server_now + tonumber(ARGV[5])
+local rate, burst, level = tonumber(ARGV[7]), tonumber(ARGV[8]), 0
+local wanted = limit
+if rate > 0 then
+  local b = redis.call('HMGET', BUCKET, 'level', 'at')
+  level = tonumber(b[1]) or burst
+  level = math.min(burst, level + math.max(0, server_now - (tonumber(b[2]) or server_now)) * rate)
+  limit = math.min(limit, math.floor(level))
+end
 local jobs = {}
 for _, p in ipairs(redis.call('ZRANGE', PRIOS, 0, -1)) do
   if #jobs >= limit then break end
@@ -168,8 +176,14 @@ for _, p in ipairs(redis.call('ZRANGE', PRIOS, 0, -1)) do
   end
   if redis.call('EXISTS', rk) == 0 then redis.call('ZREM', PRIOS, p) end
 end
+local wait = false
+if rate > 0 then
+  level = level - #jobs
+  redis.call('HSET', BUCKET, 'level', level, 'at', server_now)
+  if #jobs == limit and limit < wanted then wait = tostring((1 - level) / rate) end
+end
 local first = redis.call('ZRANGE', SCHED, 0, 0, 'WITHSCORES')
-return {first[2] or false, jobs}
+return {first[2] or false, jobs, wait}
 """
 )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -64,10 +65,18 @@ class RedisStore(Store):
         self._numbers = range(0)
         self._known_pools: set[str] = set()
         self._shas: dict[str, str] = {}
+        self._rates: dict[str, tuple[float, int]] = {}
 
     @property
     def durable(self) -> bool:
         return self._durable
+
+    @property
+    def shared(self) -> bool:
+        return True
+
+    def share_rate(self, pool: str, rate: float | None, burst: int) -> None:
+        self._rates[pool] = (rate or 0.0, max(burst, 1))
 
     def __repr__(self) -> str:
         return f"RedisStore({self.keys.prefix!r}, consumer={self.consumer!r})"
@@ -238,10 +247,11 @@ class RedisStore(Store):
         if limit <= 0:
             self._check()
             return Claim([], None)
-        next_at, rows = await self._call(
+        rate, burst = self._rates.get(pool, (0.0, 1))
+        next_at, rows, dry = await self._call(
             "claim",
             pool,
-            [number(now), limit, self.consumer, number(self.lease), _PROMOTE],
+            [number(now), limit, self.consumer, number(self.lease), _PROMOTE, number(rate), burst],
         )
         jobs = []
         for key, raw, blob in rows:
@@ -256,7 +266,10 @@ class RedisStore(Store):
                     meta.available_at,
                 )
             )
-        return Claim(jobs, None if next_at is None else float(next_at))
+        due = None if next_at is None else float(next_at)
+        if dry is not None:  # the shared bucket ran dry: come back when it has a token
+            due = min(due or math.inf, now + float(dry))
+        return Claim(jobs, due)
 
     async def complete(self, completions: Sequence[Completion]) -> None:
         args: dict[str, list[Any]] = {}
