@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import random as _random
 import socket
 import time
@@ -77,7 +78,7 @@ class Dispatcher:
             synchronous=settings.store.synchronous,
             prefix=settings.store.prefix,
             lease=settings.store.lease,
-            consumer=f"{socket.gethostname()}:{settings.server.port}",
+            consumer=_consumer_name(settings.server.port),
         )
         self.router = Router((r.match, r.pools) for r in settings.routes)
         self.sink_context = SinkContext(settings.security)
@@ -409,3 +410,10 @@ def _digest(item: Publish) -> bytes:
     h.update(b"\x00")
     h.update(item.payload)
     return h.digest()
+
+
+def _consumer_name(port: int) -> str:
+    """This process's name among those sharing a store: stable across its restarts (host
+    and port), so that a restarted process takes its own claims back at once; the pid where
+    the port is picked at random (0)."""
+    return f"{socket.gethostname()}:{port or f'pid{os.getpid()}'}"
