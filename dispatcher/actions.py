@@ -156,8 +156,9 @@ class Actions:
         try:
             await self._store.enqueue([NewMessage(new, (pool.name,))])
         except StoreError as exc:
-            self._admission.release({pool.name: 1})
+            self._admission.cancel({pool.name: 1})
             raise Unavailable(f"the store is unavailable: {exc}", retry_after=5.0) from exc
+        self._admission.committed({pool.name: 1})
         pool.notify()
         # One replay as far as dispatcher_dlq_replayed_total goes: the old entry's removal is
         # part of it, not an operator purge.

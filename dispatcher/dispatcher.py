@@ -120,7 +120,7 @@ class Dispatcher:
             check_open=self._check_open,
         )
         self._housekeeper = Housekeeper(self.store, settings.store, clock)
-        self._follower = SettingsFollower(self.store, self._actions.adopt)
+        self._follower = SettingsFollower(self.store, self._follow)
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -258,12 +258,13 @@ class Dispatcher:
         try:
             stored = await self.store.enqueue(batch)
         except StoreError as exc:
-            admission.release(wanted)
+            admission.cancel(wanted)
             raise Unavailable(f"the store is unavailable: {exc}", retry_after=5.0) from exc
         except IdConflict as exc:
-            admission.release(wanted)
+            admission.cancel(wanted)
             exc.pointer = "/id" if len(items) == 1 else f"/{exc.index}/id"
             raise
+        admission.committed(wanted)
         results: list[Accepted] = []
         for new, fresh in zip(batch, stored, strict=True):
             if not fresh:
@@ -274,6 +275,12 @@ class Dispatcher:
         if self._observe:
             self.metrics.published(wanted, results)
         return results
+
+    async def _follow(self, saved: Mapping[str, Mapping[str, object]]) -> None:
+        """A tick of the follower (shared stores): what other processes changed."""
+        await self._actions.adopt(saved)
+        counts = await self.store.counts(self._clock())
+        self._admission.resync({p: c.ready + c.scheduled + c.claimed for p, c in counts.items()})
 
     def _check_open(self) -> None:
         if self.draining or not self.started:

@@ -3,8 +3,10 @@
 With the redis store several processes run the same pools, and an operator's pause,
 resume or throttle goes through one of them, which saves it in the store. Every other
 process reads the saved overrides twice a second and adopts what changed, so a change made
-through any instance holds for all within a second. A failed read is logged and retried on
-the next tick; the pools keep their last settings meanwhile.
+through any instance holds for all within a second; the same tick refreshes the backlog
+counts that `max_backlog` is checked against with what the other processes enqueued. A
+failed read is logged and retried on the next tick; the pools keep their last settings
+meanwhile.
 """
 
 from __future__ import annotations

@@ -12,10 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.errors import StoreError
+from dispatcher import following
+from dispatcher.dispatcher import Dispatcher
+from dispatcher.errors import BacklogFull, StoreError
+from dispatcher.message import Publish
 from dispatcher.stores.redis import RedisStore
 
-from .factories import T0, delivered, new_message
+from .factories import T0, delivered, new_message, settings
 from .kit.redis import URL, RedisServer, drop_prefix, require_redis, unique_prefix
 
 LATER = T0 + 1_000_000
@@ -154,3 +157,25 @@ async def test_the_rate_holds_for_the_claims_of_every_process(prefix: str) -> No
     finally:
         await a.close()
         await b.close()
+
+
+async def test_max_backlog_counts_what_every_process_enqueued(prefix: str) -> None:
+    raw = settings(
+        store={"url": URL, "prefix": prefix, "min_free_bytes": 0},
+        pools={"p": {"max_backlog": 10, "sink": {"type": "log"}}},
+        routes=[{"match": ">", "pools": ["p"]}],
+    )
+    a, b = Dispatcher(raw), Dispatcher(raw)
+    await a.start()
+    await b.start()
+    try:
+        for d in (a, b):
+            await d.update_pool("p", paused=True, actor="test")
+        await a.publish([Publish("t", b"{}") for _ in range(6)])
+        await asyncio.sleep(following.INTERVAL * 2.5)  # b's follower reads the backlog
+        with pytest.raises(BacklogFull):
+            await b.publish([Publish("t", b"{}") for _ in range(6)])
+        assert len(await b.publish([Publish("t", b"{}") for _ in range(4)])) == 4
+    finally:
+        await a.stop()
+        await b.stop()
