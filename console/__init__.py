@@ -87,6 +87,7 @@ def _lifecycle(
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         env = sub[aiohttp_jinja2.APP_KEY]
         await asyncio.to_thread(_load, console, env)
+        console.sessions.shared = app[DISPATCHER].shared_sessions
         sampler = console.sampler = Sampler(app[DISPATCHER], interval=console.sample_interval)
         task = asyncio.create_task(sampler.run(), name="console:sampler")
         yield

@@ -114,7 +114,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
 
 async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
     console = console_of(request)
-    session = console.sessions.get(request.cookies.get(COOKIE))
+    session = await console.sessions.find(request.cookies.get(COOKIE))
     is_public = getattr(handler, "__console_public__", False)
     if request.method not in ("GET", "HEAD"):
         if not same_origin(request):

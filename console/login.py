@@ -37,7 +37,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         return _login_failed(request, 403, "That token has no 'read' scope.")
     console.limiter.succeeded(client)
     # A fresh id at every login: a session id planted before login is worth nothing after.
-    session = console.sessions.create(
+    session = await console.sessions.open(
         principal.name, principal.scopes, replaces=request.cookies.get(COOKIE)
     )
     response = web.HTTPSeeOther(back(request, f"{PREFIX}/"))
@@ -59,7 +59,7 @@ def _login_failed(request: web.Request, status: int, message: str) -> web.Respon
 
 @route
 async def logout(request: web.Request) -> web.StreamResponse:
-    console_of(request).sessions.drop(session_of(request).id)
+    await console_of(request).sessions.close(session_of(request).id)
     response = web.HTTPSeeOther(f"{PREFIX}/login")
     response.del_cookie(COOKIE, path=PREFIX)
     raise response

@@ -4,7 +4,12 @@ A session is created only by a successful login with an API token: it remembers 
 in and with which scopes, never the token itself. Its id is a random 256-bit value sent as
 an HttpOnly, SameSite=Strict cookie; every login makes a new id (no fixation), logout
 forgets it. Each session has its own CSRF token for the hidden `csrf_token` form field.
-Sessions die with the process, which is the right lifetime for an operator's console.
+
+On a store of one process, sessions live in this process and die with it. On a store shared
+by several (redis), the Dispatcher offers a place for them (`Dispatcher.shared_sessions`):
+a login through one instance then works on every instance behind a load balancer, and a
+logout through one ends the session on all. Flash messages stay with the instance that made
+them (they are shown on the next page, which the same browser almost always asks of it).
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
+
+import msgspec
 
 from dispatcher.auth import scope_allows
 
@@ -54,10 +62,64 @@ class Session:
         return out
 
 
+class SharedSessions(Protocol):
+    """Where sessions live when several processes serve the console (the store)."""
+
+    async def load_session(self, session_id: str) -> bytes | None: ...
+    async def save_session(self, session_id: str, data: bytes, ttl: float) -> None: ...
+    async def drop_session(self, session_id: str) -> None: ...
+
+
+class _Saved(msgspec.Struct, frozen=True):
+    """A session as another process reads it: who, with which scopes, its CSRF token."""
+
+    user: str
+    scopes: list[str]
+    csrf: str
+
+
 class Sessions:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, shared: SharedSessions | None = None
+    ) -> None:
         self._clock = clock
         self._by_id: OrderedDict[str, Session] = OrderedDict()
+        self.shared = shared
+
+    # --- what requests use: the shared place first, when there is one ----------------------
+    async def open(self, user: str, scopes: Iterable[str], replaces: str | None = None) -> Session:
+        session = self.create(user, scopes, replaces)
+        if self.shared is not None:
+            if replaces:
+                await self.shared.drop_session(replaces)
+            saved = _Saved(session.user, sorted(session.scopes), session.csrf)
+            await self.shared.save_session(session.id, msgspec.json.encode(saved), MAX_AGE)
+        return session
+
+    async def find(self, session_id: str | None) -> Session | None:
+        """The live session of a request's cookie. With a shared place, a session must be
+        there too (a logout through any instance ends it), and one made by another instance
+        is adopted here (its age restarts, bounded by the shared entry's expiry)."""
+        if not session_id or self.shared is None:
+            return self.get(session_id)
+        data = await self.shared.load_session(session_id)
+        if data is None:
+            self._by_id.pop(session_id, None)
+            return None
+        session = self.get(session_id)
+        if session is None:
+            saved = msgspec.json.decode(data, type=_Saved)
+            now = self._clock()
+            session = Session(session_id, saved.user, frozenset(saved.scopes), saved.csrf, now, now)
+            self._keep(session)
+        return session
+
+    async def close(self, session_id: str | None) -> None:
+        self.drop(session_id)
+        if session_id and self.shared is not None:
+            await self.shared.drop_session(session_id)
+
+    # --- this process's sessions ---------------------------------------------------------
 
     def create(self, user: str, scopes: Iterable[str], replaces: str | None = None) -> Session:
         if replaces is not None:
@@ -71,10 +133,13 @@ class Sessions:
             created=now,
             seen=now,
         )
+        self._keep(session)
+        return session
+
+    def _keep(self, session: Session) -> None:
         self._by_id[session.id] = session
         while len(self._by_id) > MAX_SESSIONS:
             self._by_id.popitem(last=False)
-        return session
 
     def get(self, session_id: str | None) -> Session | None:
         if not session_id:

@@ -51,6 +51,7 @@ from .routing import Router
 from .sinks import SinkContext, build_sink
 from .sinks.base import Sink
 from .stores import Store, open_store
+from .stores.base import SessionStore
 from .stores.instrumented import InstrumentedStore
 
 log = logging.getLogger("dispatcher")
@@ -275,6 +276,12 @@ class Dispatcher:
         if self._observe:
             self.metrics.published(wanted, results)
         return results
+
+    @property
+    def shared_sessions(self) -> SessionStore | None:
+        """Where the console keeps its sessions when several processes share the store (so
+        that any instance serves any operator); None when sessions stay in this process."""
+        return self.store.sessions
 
     async def _follow(self, saved: Mapping[str, Mapping[str, object]]) -> None:
         """A tick of the follower (shared stores): what other processes changed."""

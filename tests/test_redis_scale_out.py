@@ -16,7 +16,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from .kit.instance import HEADERS, Instance, instance_config
+from console.core import COOKIE
+
+from .kit.console import csrf_of
+from .kit.instance import HEADERS, TOKEN, Instance, instance_config
 from .kit.receiver import Receiver, receiver
 from .kit.redis import URL, RedisServer, drop_prefix, require_redis, unique_prefix
 
@@ -207,3 +210,50 @@ async def test_redis_down_means_503_then_every_acknowledged_message_is_delivered
     finally:
         assert await a.stop() == 0
         srv.kill()
+
+
+async def test_a_console_session_made_on_one_instance_works_on_the_other(
+    tmp_path: Path, prefix: str, rec: Receiver
+) -> None:
+    a, b = await started(tmp_path, "ab", instance_config(URL, prefix, f"{rec.url}/w"))
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"{a.base}/console/login",
+                data={"token": TOKEN},
+                headers={"Origin": a.base},
+                allow_redirects=False,
+            ) as resp:
+                assert resp.status == 303
+                cookie = {"Cookie": f"{COOKIE}={resp.cookies[COOKIE].value}"}
+            async with http.get(f"{b.base}/console/", headers=cookie) as resp:
+                assert resp.status == 200
+                page = await resp.text()
+            assert 'data-pool="w"' in page
+            # The CSRF token travels with the session: an action through b is accepted.
+            async with http.post(
+                f"{b.base}/console/pools/w/pause",
+                data={"csrf_token": csrf_of(page)},
+                headers={**cookie, "Origin": b.base},
+                allow_redirects=False,
+            ) as resp:
+                assert resp.status == 303
+            await asyncio.sleep(1.0)  # a follows within a second
+            async with http.get(f"{a.base}/v1/pools/w", headers=HEADERS) as resp:
+                assert (await resp.json())["paused"] is True
+            # A logout through b ends the session on a as well.
+            async with http.post(
+                f"{b.base}/console/logout",
+                data={"csrf_token": csrf_of(page)},
+                headers={**cookie, "Origin": b.base},
+                allow_redirects=False,
+            ) as resp:
+                assert resp.status == 303
+            async with http.get(
+                f"{a.base}/console/", headers=cookie, allow_redirects=False
+            ) as resp:
+                assert resp.status in (302, 303)
+                assert "/console/login" in resp.headers["Location"]
+    finally:
+        assert await a.stop() == 0
+        assert await b.stop() == 0

@@ -21,6 +21,7 @@ import abc
 import math
 import re
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from ..message import (
     AuditEntry,
@@ -79,6 +80,14 @@ def parse_dlq_cursor(cursor: str) -> tuple[float, int]:
 _DLQ_CURSOR = re.compile(r"[0-9.eE+-]{1,32}:[0-9]{1,18}")
 
 
+class SessionStore(Protocol):
+    """Console sessions kept where every process sharing a store can read them."""
+
+    async def load_session(self, session_id: str) -> bytes | None: ...
+    async def save_session(self, session_id: str, data: bytes, ttl: float) -> None: ...
+    async def drop_session(self, session_id: str) -> None: ...
+
+
 class Store(abc.ABC):
     #: the `store` label of dispatcher_build_info ("sqlite", "memory", "redis")
     kind: str = "abstract"
@@ -102,6 +111,11 @@ class Store(abc.ABC):
         """True when several processes share this store: pool overrides saved by one are
         followed by all (dispatcher/following.py), and rates are enforced across all."""
         return False
+
+    @property
+    def sessions(self) -> SessionStore | None:
+        """Where a shared store keeps console sessions; None: each process keeps its own."""
+        return None
 
     def share_rate(self, pool: str, rate: float | None, burst: int) -> None:
         """A pool's rate and burst in force. A shared store enforces them for the sum of

@@ -24,7 +24,7 @@ from ..message import (
     NewMessage,
     PoolCounts,
 )
-from .base import Claim, Store
+from .base import Claim, SessionStore, Store
 
 T = TypeVar("T")
 
@@ -55,6 +55,10 @@ class InstrumentedStore(Store):
     @property
     def shared(self) -> bool:
         return self.inner.shared
+
+    @property
+    def sessions(self) -> SessionStore | None:
+        return self.inner.sessions
 
     def share_rate(self, pool: str, rate: float | None, burst: int) -> None:
         self.inner.share_rate(pool, rate, burst)

@@ -26,7 +26,15 @@ from ...message import (
     NewMessage,
     PoolCounts,
 )
-from ..base import Claim, Store, contains_ci, format_dlq_cursor, parse_dlq_cursor, require_pools
+from ..base import (
+    Claim,
+    SessionStore,
+    Store,
+    contains_ci,
+    format_dlq_cursor,
+    parse_dlq_cursor,
+    require_pools,
+)
 from . import codec, scripts
 from .codec import Meta, member, number
 from .connect import connect, durability
@@ -74,6 +82,10 @@ class RedisStore(Store):
     @property
     def shared(self) -> bool:
         return True
+
+    @property
+    def sessions(self) -> SessionStore:
+        return self
 
     def share_rate(self, pool: str, rate: float | None, burst: int) -> None:
         self._rates[pool] = (rate or 0.0, max(burst, 1))
@@ -487,3 +499,17 @@ class RedisStore(Store):
         entries = [msgspec.json.decode(fields[b"e"], type=AuditEntry) for _, fields in page]
         more = len(rows) > len(page) and page
         return entries, (page[-1][0].decode() if more else None)
+
+    # --- console sessions ----------------------------------------------------------------
+    async def load_session(self, session_id: str) -> bytes | None:
+        async with self._io() as client:
+            data: bytes | None = await client.get(self.keys.session(session_id))
+        return data
+
+    async def save_session(self, session_id: str, data: bytes, ttl: float) -> None:
+        async with self._io() as client:
+            await client.set(self.keys.session(session_id), data, px=int(ttl * 1000))
+
+    async def drop_session(self, session_id: str) -> None:
+        async with self._io() as client:
+            await client.delete(self.keys.session(session_id))
