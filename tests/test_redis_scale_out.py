@@ -21,7 +21,7 @@ from console.core import COOKIE
 from .kit.console import csrf_of
 from .kit.instance import HEADERS, TOKEN, Instance, instance_config
 from .kit.receiver import Receiver, receiver
-from .kit.redis import URL, RedisServer, drop_prefix, require_redis, unique_prefix
+from .kit.redis import URL, RedisCluster, RedisServer, drop_prefix, require_redis, unique_prefix
 
 pytestmark = [pytest.mark.slow, pytest.mark.allow_blocking]
 
@@ -257,3 +257,29 @@ async def test_a_console_session_made_on_one_instance_works_on_the_other(
     finally:
         assert await a.stop() == 0
         assert await b.stop() == 0
+
+
+async def test_two_processes_on_a_redis_cluster_deliver_each_message_once(
+    tmp_path: Path, rec: Receiver
+) -> None:
+    with RedisCluster(tmp_path / "cluster") as cluster:
+        config = instance_config(cluster.url, "t", f"{rec.url}/w")
+        config["pools"]["v"] = {
+            **config["pools"]["w"],
+            "sink": {"type": "webhook", "url": f"{rec.url}/v"},
+        }
+        # Two pools: {t:w} and {t:v} hash to slots 8422 and 12487, on different masters.
+        config["routes"] = [{"match": ">", "pools": ["w", "v"]}]
+        a, b = await started(tmp_path, "ab", config)
+        try:
+            async with aiohttp.ClientSession(headers=HEADERS) as http:
+                ids, statuses = await post_all(http, [a.base, b.base], 2000)
+            assert statuses == {202: 2000}
+            await settle(lambda: len(rec.requests) >= 4000, 60)
+            await asyncio.sleep(0.5)
+            for pool in ("w", "v"):
+                got = Counter(r.headers["webhook-id"] for r in rec.on(pool))
+                assert got == Counter(ids), pool
+        finally:
+            assert await a.stop() == 0
+            assert await b.stop() == 0

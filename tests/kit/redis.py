@@ -95,3 +95,52 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+class RedisCluster:
+    """Three masters with --cluster-enabled, joined by `redis-cli --cluster create`, on
+    loopback ports of their own. `url` names every node as a seed."""
+
+    def __init__(self, directory: Path, masters: int = 3) -> None:
+        self.nodes = [
+            RedisServer(directory / f"node{i}", "--cluster-enabled", "yes", "--appendonly", "no")
+            for i in range(masters)
+        ]
+        self.url = "redis://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def __enter__(self) -> RedisCluster:
+        if shutil.which("redis-cli") is None:
+            require_service("redis-cli", "apt-get install redis-tools")
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            [
+                *("redis-cli", "--cluster", "create"),
+                *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                *("--cluster-replicas", "0", "--cluster-yes"),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            states = [self._info(n.port) for n in self.nodes]
+            if all("cluster_state:ok" in s for s in states):
+                return self
+            time.sleep(0.1)
+        raise RuntimeError("the cluster did not come up")
+
+    @staticmethod
+    def _info(port: int) -> str:
+        done = subprocess.run(
+            ["redis-cli", "-p", str(port), "cluster", "info"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return done.stdout
+
+    def __exit__(self, *exc: object) -> None:
+        for node in self.nodes:
+            node.kill()
