@@ -17,7 +17,6 @@ one node)::
     {P:pool}:prios       ZSET    priorities that have ready jobs, scored -priority
     {P:pool}:sched       ZSET    scheduled jobs (delays, retries, paced replays) by due time
     {P:pool}:lease       ZSET    claimed jobs by the end of their lease (server time)
-    {P:pool}:owner       HASH    claimed job -> the consumer (process) holding it
     {P:pool}:log         HASH    job -> this generation's attempts (MessagePack, appended)
     {P:pool}:hist        HASH    job -> earlier generations' attempts (after DLQ replays)
     {P:pool}:live        ZSET    undone jobs by created_at (oldest_message_age)

@@ -111,8 +111,3 @@ def history(raw: bytes, n: int) -> list[list[Attempt]]:
 def number(value: float) -> str:
     """A float as ARGV: repr is the shortest text that parses back to the same double."""
     return repr(float(value))
-
-
-def error_arg(error: str | None) -> str:
-    """An optional text as ARGV: '' for None, '+' before any text (even an empty one)."""
-    return "" if error is None else "+" + error

@@ -14,7 +14,6 @@ POOL_KEYS = (
     "ids",
     "sched",
     "lease",
-    "owner",
     "log",
     "hist",
     "live",

@@ -11,11 +11,17 @@ A job's meta record is a MessagePack array (see codec.py for the Python side):
     [2] attempts in this generation   [3] available_at   [4] priority   [5] created_at
     [6] claims  (counts every claim: a completion or release naming an older claim is stale)
     [7] finished_at or false   [8] dead reason or false   [9] last error or false
-    [10] message id   [11] generations kept in the history
+    [10] message id   [11] generations kept in the history   [12] consumer holding it
 
-Times arrive as the shortest repr of a Python float; tonumber() parses them exactly and
-cmsgpack packs doubles as float64, so no time loses a digit on the way through Lua (cjson,
-which prints 14 digits, would).
+Times travel as MessagePack float64 or the shortest repr of a Python float; cmsgpack packs
+doubles as float64, so no time loses a digit on the way through Lua (cjson, which prints
+14 digits, would).
+
+The hot scripts write in bulk: `later` gathers the writes to one key and `flush` sends each
+key one command with many members (HSET, ZADD, ZREM), and meta records are read with HMGET.
+Each command a script runs costs the server about a microsecond and an entry in the AOF,
+so one per key per batch instead of one per job and key made enqueue, claim and complete
+each about four times cheaper for the server (tests/bench/bench_redis.py).
 """
 
 from __future__ import annotations
@@ -23,113 +29,170 @@ from __future__ import annotations
 # Shared helpers, prepended to every script. KEYS: see keys.POOL_KEYS.
 _PRELUDE = """
 local META, MSG, IDS, SCHED = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local LEASE, OWNER, LOG, HIST = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local LIVE, DONE, DLQ, PRIOS = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
-local DEDUP, DEDUPX, BUCKET = KEYS[13], KEYS[14], KEYS[15]
+local LEASE, LOG, HIST = KEYS[5], KEYS[6], KEYS[7]
+local LIVE, DONE, DLQ, PRIOS = KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local DEDUP, DEDUPX, BUCKET = KEYS[12], KEYS[13], KEYS[14]
 local PREFIX = ARGV[1]
 local READY, CLAIMED, DELIVERED, DEAD, SCHEDULED = 0, 1, 2, 3, 4
+local STEP = 4000  -- arguments per command (Lua's unpack has a limit)
+
+-- Writes gathered per (command, key), sent by flush() in the order first asked for.
+local pending, groups = {}, {}
+local function later(cmd, key, a, b)
+  local by_key = groups[cmd]
+  if not by_key then
+    by_key = {}
+    groups[cmd] = by_key
+  end
+  local g = by_key[key]
+  if not g then
+    g = {cmd, key, {}}
+    by_key[key] = g
+    pending[#pending + 1] = g
+  end
+  local args = g[3]
+  args[#args + 1] = a
+  if b ~= nil then args[#args + 1] = b end
+end
+
+-- Meta records read in this script, and those changed (written by flush).
+local metas, dirty = {}, {}
+
+local function get_many(keys)
+  local missing = {}
+  for _, k in ipairs(keys) do
+    if metas[k] == nil then missing[#missing + 1] = k end
+  end
+  for i = 1, #missing, STEP do
+    local raws = redis.call('HMGET', META, unpack(missing, i, math.min(i + STEP - 1, #missing)))
+    for j, raw in ipairs(raws) do
+      metas[missing[i + j - 1]] = raw and cmsgpack.unpack(raw) or false
+    end
+  end
+  local out = {}
+  for i, k in ipairs(keys) do out[i] = metas[k] end  -- false where there is none
+  return out
+end
 
 local function get(k)
-  local raw = redis.call('HGET', META, k)
-  if not raw then return nil end
-  return cmsgpack.unpack(raw)
+  return get_many({k})[1]
 end
 
 local function put(k, m)
-  redis.call('HSET', META, k, cmsgpack.pack(m))
+  metas[k] = m
+  if not dirty[k] then
+    dirty[k] = true
+    later('HSET', META, k, false)  -- the value is packed at flush, from metas[k]
+  end
 end
 
-local function ready_key(prio)
-  return PREFIX .. ':r:' .. string.format('%d', prio)
+local function flush()
+  for _, g in ipairs(pending) do
+    local cmd, key, args = g[1], g[2], g[3]
+    if key == META and cmd == 'HSET' then
+      for i = 1, #args, 2 do args[i + 1] = cmsgpack.pack(metas[args[i]]) end
+    end
+    for i = 1, #args, STEP do
+      redis.call(cmd, key, unpack(args, i, math.min(i + STEP - 1, #args)))
+    end
+  end
+  pending, groups, dirty = {}, {}, {}
 end
 
 -- Ready sets are one per priority, scored by available_at; equal times fall back to the
 -- member, the zero-padded job key, so one instant is walked in enqueue order.
+local ready_keys = {}
 local function push_ready(k, m)
   m[1] = READY
-  redis.call('ZADD', ready_key(m[4]), m[3], k)
-  redis.call('ZADD', PRIOS, -m[4], string.format('%d', m[4]))
+  local rk = ready_keys[m[4]]
+  if not rk then
+    local name = string.format('%d', m[4])
+    rk = PREFIX .. ':r:' .. name
+    ready_keys[m[4]] = rk
+    later('ZADD', PRIOS, -m[4], name)
+  end
+  later('ZADD', rk, m[3], k)
 end
 
 local function push(k, m, now)
   if m[3] > now then
     m[1] = SCHEDULED
-    redis.call('ZADD', SCHED, m[3], k)
+    later('ZADD', SCHED, m[3], k)
   else
     push_ready(k, m)
   end
 end
-
-local function unlease(k)
-  redis.call('ZREM', LEASE, k)
-  redis.call('HDEL', OWNER, k)
-end
 """
 
-# ARGV: prefix, mode ('w' write, 'c' only check ids), then per message: id, key, priority,
-# available_at, created_at, digest ('' for none), dedup_until, message blob. Answers per
-# message 1 stored or 0 duplicate (the id is held); or {'conflict', index} and nothing is
-# written. Mode 'c' lets a batch that spans pools check every pool before writing any.
+# ARGV: prefix, mode ('w' write, 'c' only check ids), the messages as one MessagePack array
+# of [id, key, priority, available_at, created_at, digest ('' for none), dedup_until,
+# length of its blob], and the message blobs one after another (cmsgpack cannot read
+# MessagePack's bin type). Two arguments for a batch, not eight per message: packing
+# thousands of arguments cost the client more than the script cost the server. Answers
+# per message 1 stored or 0 duplicate (the id is held); or {'conflict', index} and nothing
+# is written. Mode 'c' lets a batch that spans pools check every pool before writing any.
 ENQUEUE = (
     _PRELUDE
     + """
-local n = (#ARGV - 2) / 8
-for i = 0, n - 1 do
-  local b = 2 + i * 8
-  local id, digest = ARGV[b + 1], ARGV[b + 6]
-  if digest ~= '' then
-    local held = redis.call('HGET', DEDUP, id)
-    local created = tonumber(ARGV[b + 5])
-    if held and held ~= digest then
-      local untl = tonumber(redis.call('ZSCORE', DEDUPX, id))
-      if untl > created then return {'conflict', i} end
+local records, blobs = cmsgpack.unpack(ARGV[3]), ARGV[4]
+-- Producer ids still in their window: known (a duplicate), or a conflict (other content).
+local known = {}
+for i, r in ipairs(records) do
+  if r[6] ~= '' then
+    local held = redis.call('HGET', DEDUP, r[1])
+    if held and tonumber(redis.call('ZSCORE', DEDUPX, r[1])) > r[5] then
+      if held ~= r[6] then return {'conflict', i - 1} end
+      known[i] = true
     end
   end
 end
 if ARGV[2] == 'c' then return {} end
+local ids = {}
+for i, r in ipairs(records) do ids[i] = r[1] end
+local held = {}
+for i = 1, #ids, STEP do
+  local found = redis.call('HMGET', IDS, unpack(ids, i, math.min(i + STEP - 1, #ids)))
+  for j, k in ipairs(found) do held[i + j - 1] = k end
+end
 local out = {}
-for i = 0, n - 1 do
-  local b = 2 + i * 8
-  local id, k, digest = ARGV[b + 1], ARGV[b + 2], ARGV[b + 6]
-  local known = false
-  if digest ~= '' then
-    local held = redis.call('HGET', DEDUP, id)
-    if held then
-      local untl = tonumber(redis.call('ZSCORE', DEDUPX, id))
-      known = untl > tonumber(ARGV[b + 5])
-    end
-  end
-  if known or redis.call('HEXISTS', IDS, id) == 1 then
-    out[#out + 1] = 0
+local at = 1
+for i, r in ipairs(records) do
+  local id, k = r[1], r[2]
+  local blob = string.sub(blobs, at, at + r[8] - 1)
+  at = at + r[8]
+  if known[i] or held[i] then
+    out[i] = 0
   else
-    if digest ~= '' then
-      redis.call('HSET', DEDUP, id, digest)
-      redis.call('ZADD', DEDUPX, ARGV[b + 7], id)
+    if r[6] ~= '' then
+      later('HSET', DEDUP, id, r[6])
+      later('ZADD', DEDUPX, r[7], id)
     end
-    local m = {READY, 0, tonumber(ARGV[b + 4]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 5]),
-               0, false, false, false, id, 0}
-    redis.call('HSET', IDS, id, k)
-    redis.call('HSET', MSG, k, ARGV[b + 8])
-    redis.call('ZADD', LIVE, m[5], k)
+    local m = {READY, 0, r[4], r[3], r[5], 0, false, false, false, id, 0, false}
+    later('HSET', IDS, id, k)
+    later('HSET', MSG, k, blob)
+    later('ZADD', LIVE, m[5], k)
     if m[3] > m[5] then
       m[1] = SCHEDULED
-      redis.call('ZADD', SCHED, m[3], k)
+      later('ZADD', SCHED, m[3], k)
     else
       push_ready(k, m)
     end
     put(k, m)
-    out[#out + 1] = 1
+    out[i] = 1
   end
 end
+flush()
 return out
 """
 )
 
-# ARGV: prefix, now, limit, consumer, lease seconds, promote limit. Moves due scheduled jobs
-# and jobs whose lease ran out (their process died or stalled) back to ready, then claims up
-# to `limit` ready jobs, highest priority first, then oldest. Answers {next_at or false,
-# {key, meta, blob}...}. The lease runs on the server's clock, so
-# processes with skewed clocks agree on when a lease ends.
+# ARGV: prefix, now, limit, consumer, lease seconds, promote limit, rate (0: none), burst.
+# Moves due scheduled jobs and jobs whose lease ran out (their process died or stalled) back
+# to ready, then claims up to `limit` ready jobs, highest priority first, then oldest, and
+# no more than the pool's token bucket holds: one bucket for every process, so `rate` holds
+# for the pool's claims across the cluster. Answers {next_at or false, {{key, meta, blob}...},
+# seconds until the bucket has a token when it ran dry, else false}. Leases and the bucket
+# run on the server's clock, so processes with skewed clocks agree on both.
 CLAIM = (
     _PRELUDE
     + """
@@ -137,16 +200,21 @@ local now, limit, consumer = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local t = redis.call('TIME')
 local server_now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local most = tonumber(ARGV[6])
-for _, k in ipairs(redis.call('ZRANGEBYSCORE', SCHED, '-inf', now, 'LIMIT', 0, most)) do
-  local m = get(k)
-  redis.call('ZREM', SCHED, k)
-  if m and m[1] == SCHEDULED then push_ready(k, m); put(k, m) end
+-- The lowest scores come first, so what ZRANGEBYSCORE -inf x found is ranks 0..n-1.
+local function take(key, upto, n)
+  local keys = redis.call('ZRANGEBYSCORE', key, '-inf', upto, 'LIMIT', 0, n)
+  if #keys > 0 then redis.call('ZREMRANGEBYRANK', key, 0, #keys - 1) end
+  return keys
 end
-for _, k in ipairs(redis.call('ZRANGEBYSCORE', LEASE, '-inf', server_now, 'LIMIT', 0, most)) do
-  local m = get(k)
-  unlease(k)
-  if m and m[1] == CLAIMED then push_ready(k, m); put(k, m) end
+local due = take(SCHED, now, most)
+for i, m in ipairs(get_many(due)) do
+  if m and m[1] == SCHEDULED then push_ready(due[i], m); put(due[i], m) end
 end
+local expired = take(LEASE, server_now, most)
+for i, m in ipairs(get_many(expired)) do
+  if m and m[1] == CLAIMED then push_ready(expired[i], m); put(expired[i], m) end
+end
+flush()
 local deadline = server_now + tonumber(ARGV[5])
 local rate, burst, level = tonumber(ARGV[7]), tonumber(ARGV[8]), 0
 local wanted = limit
@@ -160,22 +228,26 @@ local jobs = {}
 for _, p in ipairs(redis.call('ZRANGE', PRIOS, 0, -1)) do
   if #jobs >= limit then break end
   local rk = PREFIX .. ':r:' .. p
-  local keys = redis.call('ZRANGEBYSCORE', rk, '-inf', now, 'LIMIT', 0, limit - #jobs)
-  for _, k in ipairs(keys) do
-    redis.call('ZREM', rk, k)
-    local m = get(k)
-    if m and m[1] == READY then
-      m[1] = CLAIMED
-      m[6] = m[6] + 1
-      local raw = cmsgpack.pack(m)
-      redis.call('HSET', META, k, raw)
-      redis.call('ZADD', LEASE, deadline, k)
-      redis.call('HSET', OWNER, k, consumer)
-      jobs[#jobs + 1] = {k, raw, redis.call('HGET', MSG, k)}
+  local keys = take(rk, now, limit - #jobs)
+  if #keys > 0 then
+    local claimed = {}
+    for i, m in ipairs(get_many(keys)) do
+      if m and m[1] == READY then
+        m[1], m[6], m[12] = CLAIMED, m[6] + 1, consumer
+        put(keys[i], m)
+        later('ZADD', LEASE, deadline, keys[i])
+        claimed[#claimed + 1] = keys[i]
+      end
+    end
+    for i = 1, #claimed, STEP do
+      local part = {unpack(claimed, i, math.min(i + STEP - 1, #claimed))}
+      local blobs = redis.call('HMGET', MSG, unpack(part))
+      for j, k in ipairs(part) do jobs[#jobs + 1] = {k, cmsgpack.pack(metas[k]), blobs[j]} end
     end
   end
   if redis.call('EXISTS', rk) == 0 then redis.call('ZREM', PRIOS, p) end
 end
+flush()
 local wait = false
 if rate > 0 then
   level = level - #jobs
@@ -187,45 +259,46 @@ return {first[2] or false, jobs, wait}
 """
 )
 
-# ARGV: prefix, then per completion: key, claims, fate (d delivered, r retry, x dead), when
-# (finished_at, or retry_at), reason, error ('' for none, else '+' .. text), attempt blob.
-# A completion of a claim that is no longer current (released, reclaimed) changes nothing.
+# ARGV: prefix, the completions as one MessagePack array of [key, claims, fate (d delivered,
+# r retry, x dead), when (finished_at, or retry_at), dead reason, last error or nil, length
+# of its attempt's blob], and the attempt blobs one after another. A completion of a claim
+# that is no longer current (released, reclaimed) changes nothing.
 COMPLETE = (
     _PRELUDE
     + """
-local n = (#ARGV - 1) / 7
-for i = 0, n - 1 do
-  local b = 1 + i * 7
-  local k = ARGV[b + 1]
-  local m = get(k)
-  if m and m[1] == CLAIMED and m[6] == tonumber(ARGV[b + 2]) then
-    unlease(k)
-    redis.call('HSET', LOG, k, (redis.call('HGET', LOG, k) or '') .. ARGV[b + 7])
-    m[2] = m[2] + 1
-    local fate, at, err = ARGV[b + 3], tonumber(ARGV[b + 4]), ARGV[b + 6]
-    if err == '' then err = false else err = string.sub(err, 2) end
+local records, blobs = cmsgpack.unpack(ARGV[2]), ARGV[3]
+local keys = {}
+for i, r in ipairs(records) do keys[i] = r[1] end
+local found = get_many(keys)
+local at = 1
+for i, r in ipairs(records) do
+  local k, m = r[1], found[i]
+  local attempt = string.sub(blobs, at, at + r[7] - 1)
+  at = at + r[7]
+  if m and m[1] == CLAIMED and m[6] == r[2] then
+    later('ZREM', LEASE, k)
+    -- A first attempt starts the log; a later one (a retry) appends to it.
+    if m[2] > 0 then attempt = (redis.call('HGET', LOG, k) or '') .. attempt end
+    later('HSET', LOG, k, attempt)
+    m[2], m[12] = m[2] + 1, false
+    local fate, when = r[3], r[4]
     if fate == 'd' then
-      m[1] = DELIVERED
-      m[7] = at
-      redis.call('ZADD', DONE, at, k)
-      redis.call('ZREM', LIVE, k)
+      m[1], m[7] = DELIVERED, when
+      later('ZADD', DONE, when, k)
+      later('ZREM', LIVE, k)
     elseif fate == 'r' then
-      m[1] = SCHEDULED
-      m[3] = at
-      m[9] = err
-      redis.call('ZADD', SCHED, at, k)
+      m[1], m[3], m[9] = SCHEDULED, when, r[6] or false
+      later('ZADD', SCHED, when, k)
     else
-      m[1] = DEAD
-      m[7] = at
-      m[8] = ARGV[b + 5]
-      m[9] = err
-      redis.call('ZADD', DLQ, at, k)
-      redis.call('ZREM', LIVE, k)
+      m[1], m[7], m[8], m[9] = DEAD, when, r[5], r[6] or false
+      later('ZADD', DLQ, when, k)
+      later('ZREM', LIVE, k)
     end
     put(k, m)
   end
 end
-return n
+flush()
+return #records
 """
 )
 
@@ -236,26 +309,27 @@ RELEASE = (
     _PRELUDE
     + """
 local consumer = ARGV[2]
-local pairs_ = {}
+local keys, claims = {}, {}
 if #ARGV > 2 then
-  for i = 3, #ARGV, 2 do pairs_[#pairs_ + 1] = {ARGV[i], tonumber(ARGV[i + 1])} end
-else
-  local held = redis.call('HGETALL', OWNER)
-  for i = 1, #held, 2 do
-    if held[i + 1] == consumer then pairs_[#pairs_ + 1] = {held[i], false} end
+  for i = 3, #ARGV, 2 do
+    keys[#keys + 1] = ARGV[i]
+    claims[#keys] = tonumber(ARGV[i + 1])
   end
+else
+  keys = redis.call('ZRANGE', LEASE, 0, -1)
 end
 local n = 0
-for _, pair in ipairs(pairs_) do
-  local k = pair[1]
-  local m = get(k)
-  if m and m[1] == CLAIMED and (not pair[2] or m[6] == pair[2]) then
-    unlease(k)
+for i, m in ipairs(get_many(keys)) do
+  local k = keys[i]
+  if m and m[1] == CLAIMED and (claims[i] == nil and m[12] == consumer or m[6] == claims[i]) then
+    later('ZREM', LEASE, k)
+    m[12] = false
     push_ready(k, m)
     put(k, m)
     n = n + 1
   end
 end
+flush()
 return n
 """
 )
@@ -335,6 +409,7 @@ for i = 3, #ARGV, 2 do
     n = n + 1
   end
 end
+flush()
 return n
 """
 )

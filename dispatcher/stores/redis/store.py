@@ -212,7 +212,8 @@ class RedisStore(Store):
 
         fanned = [(new, tuple(dict.fromkeys(new.pools))) for new in batch]
         numbers = iter(await self._take_numbers(sum(len(p) for _, p in fanned)))
-        args: dict[str, list[Any]] = {}
+        records: dict[str, list[tuple[Any, ...]]] = {}
+        blobs: dict[str, list[bytes]] = {}
         index_of: dict[str, list[int]] = {}  # per pool: the batch index of each message
         answer_at: list[tuple[str, int] | None] = []  # per message: (first pool, its place)
         digests = False
@@ -222,18 +223,20 @@ class RedisStore(Store):
                 continue
             m = new.message
             blob = codec.encode(m)
-            available_at = number(max(m.available_at, m.created_at))
+            available_at = max(m.available_at, m.created_at)
             for j, pool in enumerate(pools):
                 digest = new.digest.hex() if new.digest is not None and j == 0 else ""
                 digests = digests or bool(digest)
                 if j == 0:
                     answer_at.append((pool, len(index_of.get(pool, ()))))
                 job = member(next(numbers))
-                created, until = number(m.created_at), number(new.dedup_until)
-                args.setdefault(pool, []).extend(
-                    (m.id, job, m.priority, available_at, created, digest, until, blob)
+                until = float(new.dedup_until)
+                records.setdefault(pool, []).append(
+                    (m.id, job, m.priority, available_at, m.created_at, digest, until, len(blob))
                 )
+                blobs.setdefault(pool, []).append(blob)
                 index_of.setdefault(pool, []).append(index)
+        args = {pool: (codec.encode(rs), b"".join(blobs[pool])) for pool, rs in records.items()}
 
         new_pools = [p for p in args if p not in self._known_pools]
         if new_pools:
@@ -284,7 +287,8 @@ class RedisStore(Store):
         return Claim(jobs, due)
 
     async def complete(self, completions: Sequence[Completion]) -> None:
-        args: dict[str, list[Any]] = {}
+        records: dict[str, list[tuple[Any, ...]]] = {}
+        blobs: dict[str, list[bytes]] = {}
         for c in completions:
             key, claims = codec.split_key(c.job.key)
             a = c.attempt
@@ -294,11 +298,15 @@ class RedisStore(Store):
                 fate, when, reason = "r", c.retry_at, ""
             else:
                 fate, when, reason = "d", a.started_at + a.duration, ""
-            args.setdefault(c.job.pool, []).extend(
-                (key, claims, fate, number(when), reason, codec.error_arg(a.error), codec.encode(a))
+            blob = codec.encode(a)
+            records.setdefault(c.job.pool, []).append(
+                (key, claims, fate, float(when), reason, a.error, len(blob))
             )
+            blobs.setdefault(c.job.pool, []).append(blob)
         self._check()
-        await self._many([("complete", p, a) for p, a in args.items()])
+        await self._many(
+            [("complete", p, [codec.encode(rs), b"".join(blobs[p])]) for p, rs in records.items()]
+        )
 
     async def release(self, jobs: Sequence[Job]) -> None:
         args: dict[str, list[Any]] = {}
