@@ -86,11 +86,16 @@ local function put(k, m)
   end
 end
 
+local packed = {}  -- meta records as flush wrote them, by key
 local function flush()
   for _, g in ipairs(pending) do
     local cmd, key, args = g[1], g[2], g[3]
     if key == META and cmd == 'HSET' then
-      for i = 1, #args, 2 do args[i + 1] = cmsgpack.pack(metas[args[i]]) end
+      for i = 1, #args, 2 do
+        local raw = cmsgpack.pack(metas[args[i]])
+        args[i + 1] = raw
+        packed[args[i]] = raw
+      end
     end
     for i = 1, #args, STEP do
       redis.call(cmd, key, unpack(args, i, math.min(i + STEP - 1, #args)))
@@ -224,30 +229,28 @@ if rate > 0 then
   level = math.min(burst, level + math.max(0, server_now - (tonumber(b[2]) or server_now)) * rate)
   limit = math.min(limit, math.floor(level))
 end
-local jobs = {}
+local claimed = {}
 for _, p in ipairs(redis.call('ZRANGE', PRIOS, 0, -1)) do
-  if #jobs >= limit then break end
+  if #claimed >= limit then break end
   local rk = PREFIX .. ':r:' .. p
-  local keys = take(rk, now, limit - #jobs)
-  if #keys > 0 then
-    local claimed = {}
-    for i, m in ipairs(get_many(keys)) do
-      if m and m[1] == READY then
-        m[1], m[6], m[12] = CLAIMED, m[6] + 1, consumer
-        put(keys[i], m)
-        later('ZADD', LEASE, deadline, keys[i])
-        claimed[#claimed + 1] = keys[i]
-      end
-    end
-    for i = 1, #claimed, STEP do
-      local part = {unpack(claimed, i, math.min(i + STEP - 1, #claimed))}
-      local blobs = redis.call('HMGET', MSG, unpack(part))
-      for j, k in ipairs(part) do jobs[#jobs + 1] = {k, cmsgpack.pack(metas[k]), blobs[j]} end
+  local keys = take(rk, now, limit - #claimed)
+  for i, m in ipairs(get_many(keys)) do
+    if m and m[1] == READY then
+      m[1], m[6], m[12] = CLAIMED, m[6] + 1, consumer
+      put(keys[i], m)
+      later('ZADD', LEASE, deadline, keys[i])
+      claimed[#claimed + 1] = keys[i]
     end
   end
   if redis.call('EXISTS', rk) == 0 then redis.call('ZREM', PRIOS, p) end
 end
 flush()
+local jobs = {}
+for i = 1, #claimed, STEP do
+  local part = {unpack(claimed, i, math.min(i + STEP - 1, #claimed))}
+  local blobs = redis.call('HMGET', MSG, unpack(part))
+  for j, k in ipairs(part) do jobs[#jobs + 1] = {k, packed[k], blobs[j]} end
+end
 local wait = false
 if rate > 0 then
   level = level - #jobs
