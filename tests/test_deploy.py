@@ -13,7 +13,9 @@ import json
 import os
 import re
 import shlex
+import shutil
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from .kit.monitoring import CONTRACT, ROOT, RULES, promtool
 
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"  # one replica on SQLite
+K8S_REDIS = DEPLOY / "kubernetes-redis"  # the overlay of K8S on the Redis store
 ENV = {
     "DISPATCHER_ADMIN_TOKEN": "t",
     "DISPATCHER_OPS_TOKEN": "t",
@@ -54,6 +57,17 @@ def manifests(directory: Path) -> list[dict[str, Any]]:
         doc
         for path in sorted(directory.glob("*.yaml"))
         for doc in yaml.safe_load_all(path.read_text(encoding="utf-8"))
+        if doc
+    ]
+
+
+def applied(directory: Path) -> list[dict[str, Any]]:
+    """The objects of the files the directory's kustomization.yaml lists."""
+    return [
+        doc
+        for name in load(directory / "kustomization.yaml")["resources"]
+        if (directory / name).is_file()
+        for doc in yaml.safe_load_all((directory / name).read_text(encoding="utf-8"))
         if doc
     ]
 
@@ -337,8 +351,8 @@ def test_dockerfile_copies_files_that_exist() -> None:
 # --- Kubernetes ---------------------------------------------------------------------------
 
 
-def configmap_settings() -> Any:
-    raw = yaml.safe_load(k8s("ConfigMap")["data"]["dispatcher.yaml"])
+def configmap_settings(directory: Path = K8S) -> Settings:
+    raw = yaml.safe_load(k8s("ConfigMap", directory)["data"]["dispatcher.yaml"])
     return settings_from_dict(raw, env=ENV)
 
 
@@ -394,25 +408,147 @@ def test_prometheusrule_carries_the_rules() -> None:
     assert k8s("PrometheusRule")["spec"]["groups"] == load(RULES)["groups"]
 
 
-def test_hpa_scales_on_oldest_message_age() -> None:
-    hpa = k8s("HorizontalPodAutoscaler")
-    assert hpa["apiVersion"] == "autoscaling/v2"
-    assert hpa["spec"]["scaleTargetRef"]["name"] == k8s("Deployment")["metadata"]["name"]
-    (metric,) = hpa["spec"]["metrics"]
-    assert metric["type"] in {"External", "Object", "Pods"}
-    name = metric[metric["type"].lower()]["metric"]["name"]
-    assert name == "dispatcher_oldest_message_age_seconds"
-    assert name in CONTRACT
+def test_sqlite_deployment_runs_one_replica_on_its_claim() -> None:
+    """One SQLite file, one process: never a second replica, and the old pod gone before
+    the new one opens the file."""
+    spec = k8s("Deployment")["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"]["type"] == "Recreate"
+    pod = spec["template"]["spec"]
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in pod["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert claims == {"data": k8s("PersistentVolumeClaim")["metadata"]["name"]}
+    (container,) = pod["containers"]
+    (data,) = [m["mountPath"] for m in container["volumeMounts"] if m["name"] == "data"]
+    assert configmap_settings().store.url.startswith(f"sqlite:///{data}/")
 
 
 def test_kustomization_lists_existing_files() -> None:
     resources = load(K8S / "kustomization.yaml")["resources"]
     for resource in resources:
         assert (K8S / resource).is_file(), resource
-    assert "hpa.yaml" not in resources  # an example for the Redis store; see its header
+    # No autoscaler may scale the SQLite Deployment; the Redis overlay brings one.
+    assert "HorizontalPodAutoscaler" not in {d["kind"] for d in manifests(K8S)}
+    assert "PersistentVolumeClaim" in {d["kind"] for d in applied(K8S)}
+    overlay = load(K8S_REDIS / "kustomization.yaml")
+    for resource in overlay["resources"]:
+        target = K8S_REDIS / resource
+        assert target.is_file() or (target / "kustomization.yaml").is_file(), resource
+    assert (K8S_REDIS / overlay["resources"][0]).resolve() == K8S
+    for patch in overlay["patches"]:
+        assert (K8S_REDIS / patch["path"]).is_file(), patch
 
 
-@pytest.mark.parametrize("path", sorted(K8S.glob("*.yaml")), ids=lambda p: p.name)
+def test_redis_overlay_patches_objects_of_the_base() -> None:
+    base = {(d["kind"], d["metadata"]["name"]) for d in applied(K8S)}
+    for patch in load(K8S_REDIS / "kustomization.yaml")["patches"]:
+        doc = load(K8S_REDIS / patch["path"])
+        assert (doc["kind"], doc["metadata"]["name"]) in base, patch
+    # The claim is dropped with the volume and the mount that used it.
+    assert load(K8S_REDIS / "no-pvc.yaml")["$patch"] == "delete"
+    deployment = load(K8S_REDIS / "deployment.yaml")["spec"]
+    assert deployment["replicas"] >= 2
+    assert deployment["strategy"]["type"] == "RollingUpdate"
+    pod = deployment["template"]["spec"]
+    assert pod["volumes"] == [{"name": "data", "$patch": "delete"}]
+    (base_container,) = k8s("Deployment")["spec"]["template"]["spec"]["containers"]
+    (data,) = [m["mountPath"] for m in base_container["volumeMounts"] if m["name"] == "data"]
+    (container,) = pod["containers"]
+    assert container["volumeMounts"] == [{"mountPath": data, "$patch": "delete"}]
+
+
+def test_redis_overlay_config_names_its_redis() -> None:
+    settings = configmap_settings(K8S_REDIS)
+    assert settings.server == configmap_settings().server
+    assert settings.auth == configmap_settings().auth
+    service = next(d for d in manifests(K8S_REDIS) if d["kind"] == "Service")
+    (port,) = service["spec"]["ports"]
+    assert settings.store.url == f"redis://{service['metadata']['name']}:{port['port']}/0"
+    # Validation refused a pool timeout at or above the lease; the margin is real.
+    assert max(p.timeout for p in settings.pools.values()) < settings.store.lease
+
+
+def test_redis_statefulset_is_durable_and_never_evicts() -> None:
+    statefulset = k8s("StatefulSet", K8S_REDIS)
+    service = k8s("Service", K8S_REDIS)
+    assert statefulset["spec"]["serviceName"] == service["metadata"]["name"]
+    pod_labels = statefulset["spec"]["template"]["metadata"]["labels"]
+    assert statefulset["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    # The dispatcher's Service (and so its ServiceMonitor) does not take the Redis pod in.
+    assert not k8s("Service")["spec"]["selector"].items() <= pod_labels.items()
+    (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "redis:7"
+    args = " ".join(container["args"])
+    assert "--appendonly yes" in args
+    assert "--appendfsync always" in args
+    assert "--maxmemory-policy noeviction" in args
+    # Redis refuses writes (503 at the API) before the kubelet kills it for memory.
+    maxmemory = re.search(r"--maxmemory (\d+)mb", args)
+    limit = re.fullmatch(r"(\d+)Gi", container["resources"]["limits"]["memory"])
+    assert maxmemory
+    assert limit
+    assert int(maxmemory[1]) < int(limit[1]) * 1024
+    (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+    (data,) = container["volumeMounts"]
+    assert data == {"name": claim["metadata"]["name"], "mountPath": "/data"}
+    assert container["readinessProbe"]
+    assert container["livenessProbe"]
+
+
+def test_hpa_scales_on_oldest_message_age() -> None:
+    hpa = k8s("HorizontalPodAutoscaler", K8S_REDIS)
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"]["name"] == k8s("Deployment")["metadata"]["name"]
+    assert hpa["spec"]["minReplicas"] == load(K8S_REDIS / "deployment.yaml")["spec"]["replicas"]
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] in {"External", "Object", "Pods"}
+    name = metric[metric["type"].lower()]["metric"]["name"]
+    assert name == "dispatcher_oldest_message_age_seconds"
+    assert name in CONTRACT
+    pool = metric[metric["type"].lower()]["metric"]["selector"]["matchLabels"]["pool"]
+    assert pool in configmap_settings(K8S_REDIS).pools
+
+
+@pytest.mark.allow_blocking
+def test_redis_overlay_renders() -> None:
+    """What `kubectl apply -k deploy/kubernetes-redis` would send: the base's objects on
+    Redis, with no claim left and every mount backed by a volume."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed (its kustomize renders the overlay)")
+    out = subprocess.run(
+        [kubectl, "kustomize", str(K8S_REDIS)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    kinds = sorted(d["kind"] for d in docs)
+    base = [d["kind"] for d in applied(K8S) if d["kind"] != "PersistentVolumeClaim"]
+    added = [d["kind"] for d in applied(K8S_REDIS)]
+    assert kinds == sorted([*base, *added])
+    assert {"Service", "StatefulSet", "HorizontalPodAutoscaler"} <= set(added)
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    assert deployment["spec"]["replicas"] >= 2
+    pod = deployment["spec"]["template"]["spec"]
+    assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    (container,) = pod["containers"]
+    assert {m["name"] for m in container["volumeMounts"]} <= {v["name"] for v in pod["volumes"]}
+    # Probes, resources, security and env as the base's, which the tests above check.
+    (base_container,) = k8s("Deployment")["spec"]["template"]["spec"]["containers"]
+    assert {**container, "volumeMounts": None} == {**base_container, "volumeMounts": None}
+    (configmap,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    raw = yaml.safe_load(configmap["data"]["dispatcher.yaml"])
+    assert settings_from_dict(raw, env=ENV) == configmap_settings(K8S_REDIS)
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted([*K8S.glob("*.yaml"), *K8S_REDIS.glob("*.yaml")]),
+    ids=lambda p: p.parent.name + "/" + p.name,
+)
 def test_manifests_parse_with_kind_and_name(path: Path) -> None:
     for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
         if path.name == "kustomization.yaml":
@@ -431,7 +567,9 @@ def shipped_configs() -> list[Any]:
         for path in (COMPOSE, COMPOSE_SQLITE)
         for name, s in dispatchers(load(path)).items()
     ]
-    kubernetes = [pytest.param(K8S, id=f"{K8S.name}/ConfigMap")]
+    kubernetes = [
+        pytest.param(directory, id=f"{directory.name}/ConfigMap") for directory in (K8S, K8S_REDIS)
+    ]
     return compose + kubernetes
 
 
@@ -460,6 +598,7 @@ def test_deploy_readme_says_how_to_run_each() -> None:
         "docker compose up",
         "docker compose -f compose.sqlite.yaml up",
         "kubectl apply -k deploy/kubernetes",
+        "kubectl apply -k deploy/kubernetes-redis",
         "hpa.yaml",
         "haproxy.cfg",
         "promtool test rules",
