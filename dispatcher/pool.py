@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 from .acker import Acker
 from .config import PoolConfig
-from .errors import DeliveryError
+from .errors import DeliveryError, StoreError
 from .message import Attempt, Completion, Job, Outcome
 from .middleware import Chain
 from .ratelimit import TokenBucket
@@ -105,6 +105,7 @@ class Pool:
         self._generation = 0  # bumped by notify(); tells the feeder its "nothing ready" is stale
         self._maybe_ready = True
         self._next_at: float | None = None
+        self._claims_failing = False
         self._feeder: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._feed = asyncio.Event()
@@ -272,12 +273,23 @@ class Pool:
             generation = self._generation
             try:
                 claim = await self._store.claim(self.name, want, now)
+            except StoreError as exc:
+                # The store is away (a lost connection): one line when it goes, not a
+                # traceback a second; /readyz and the API's 503s say the rest.
+                if not self._claims_failing:
+                    log.warning("pool %s cannot claim (retrying every 1s): %s", self.name, exc)
+                self._claims_failing = True
+                await asyncio.sleep(1.0)
+                continue
             except Exception:
-                # Whatever the store raised, the feeder is this pool's only source of work:
-                # if it died, the pool would stall until a restart. Log and try again.
+                # Whatever else the store raised, the feeder is this pool's only source of
+                # work: if it died, the pool would stall until a restart. Log and try again.
                 log.exception("pool %s could not claim; retrying in 1s", self.name)
                 await asyncio.sleep(1.0)
                 continue
+            if self._claims_failing:
+                log.warning("pool %s claims again", self.name)
+                self._claims_failing = False
             if self.paused or self._stopping:
                 if claim.jobs:
                     await self._release(claim.jobs)
