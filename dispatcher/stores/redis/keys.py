@@ -48,5 +48,9 @@ class Keys:
             found = self._pool[name] = (tag, [f"{tag}:{k}" for k in POOL_KEYS])
         return found
 
+    def of(self, pool: str, name: str) -> str:
+        """One key of a pool, by its name in POOL_KEYS."""
+        return f"{self.pool(pool)[0]}:{name}"
+
     def session(self, sid: str) -> str:
         return "{" + self.prefix + "}:session:" + sid
