@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -50,10 +51,10 @@ class RedisServer:
     that stop, restart or reconfigure a server (the shared one is never touched that way).
     Stopped and started again on the same port and files, as after a crash (AOF replayed)."""
 
-    def __init__(self, directory: Path, *args: str) -> None:
+    def __init__(self, directory: Path, *args: str, port: int | None = None) -> None:
         self.directory = directory
         self.args = args
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -70,16 +71,18 @@ class RedisServer:
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self._process.poll() is None:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
                 return self
             time.sleep(0.02)
+        self.kill()
         raise RuntimeError(f"redis-server did not start on port {self.port}")
 
     def kill(self) -> None:
         """SIGKILL: no shutdown save, as in a crash."""
         if self._process is not None:
-            self._process.kill()
+            if self._process.poll() is None:
+                self._process.kill()
             self._process.wait(10)
             self._process = None
 
@@ -103,7 +106,11 @@ class RedisCluster:
 
     def __init__(self, directory: Path, masters: int = 3) -> None:
         self.nodes = [
-            RedisServer(directory / f"node{i}", "--cluster-enabled", "yes", "--appendonly", "no")
+            RedisServer(
+                directory / f"node{i}",
+                *("--cluster-enabled", "yes", "--appendonly", "no"),
+                port=free_cluster_port(),
+            )
             for i in range(masters)
         ]
         self.url = "redis://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
@@ -144,3 +151,19 @@ class RedisCluster:
     def __exit__(self, *exc: object) -> None:
         for node in self.nodes:
             node.kill()
+
+
+def free_cluster_port() -> int:
+    """A port free together with port + 10000, the node's cluster bus: an ephemeral port
+    (32768 and up) would put the bus past 65535."""
+    for _ in range(100):
+        port = random.randrange(20000, 30000)
+        with contextlib.ExitStack() as stack:
+            try:
+                for p in (port, port + 10000):
+                    s = stack.enter_context(socket.socket())
+                    s.bind(("127.0.0.1", p))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
