@@ -123,6 +123,45 @@ class RetryConfig(_Section, frozen=True):
     """How much the longest wait grows with each failed attempt."""
 
 
+class CircuitConfig(_Section, frozen=True):
+    """The pool's circuit breaker, and how long a receiver's Retry-After may hold the pool.
+    While the circuit is open the pool makes no attempts: its messages wait, spending no
+    attempt. Its state is per process and starts closed at every start."""
+
+    enabled: bool = False
+    """Open the circuit when too many recent attempts failed (timeouts, connection errors,
+    5xx, 408, 429; a permanent 4xx is the message's fault and does not count)."""
+    window: PositiveSeconds = 10.0
+    """Seconds of recent attempts the failure ratio is taken over."""
+    min_attempts: Count = 20
+    """Attempts the window must hold before the circuit may open."""
+    failure_ratio: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+    """Share of failed attempts in the window that opens the circuit."""
+    cooldown: PositiveSeconds = 5.0
+    """Seconds the circuit stays open before probes test the receiver (half-open)."""
+    max_cooldown: PositiveSeconds = 120.0
+    """Seconds; a failed probe opens the circuit again for 1.5 times as long, up to this."""
+    probes: Count = 1
+    """Attempts let through while half-open; when all succeed the circuit closes, when one
+    fails it opens again."""
+    max_hold: Seconds = 300.0
+    """Seconds at most that a 429 or 503 with Retry-After holds the whole pool (whether or
+    not the circuit is enabled); 0: never hold."""
+
+
+class AdaptiveConfig(_Section, frozen=True):
+    """Adaptive concurrency: the pool finds how many attempts in flight its receiver takes.
+    The effective limit starts at min_concurrency and doubles every round trip while the
+    receiver keeps up; after the first sign of overload (a 429, a 503, a timeout, or a
+    latency well above its recent minimum) it shrinks by a quarter at each such sign and
+    grows by one per round trip otherwise. concurrency is the ceiling."""
+
+    enabled: bool = False
+    """Move the effective concurrency between min_concurrency and concurrency."""
+    min_concurrency: Count = 1
+    """The lowest effective concurrency (at most concurrency)."""
+
+
 class WebhookSinkConfig(_Section, frozen=True, tag="webhook", tag_field="type"):
     """POST each message to a URL, signed per Standard Webhooks."""
 
@@ -188,6 +227,8 @@ class PoolConfig(_Section, frozen=True):
     timeout: PositiveSeconds = 10.0
     """Seconds per attempt; a slower one fails as a timeout (and is retried)."""
     retry: RetryConfig = RetryConfig()
+    circuit: CircuitConfig = CircuitConfig()
+    adaptive: AdaptiveConfig = AdaptiveConfig()
 
     @property
     def effective_burst(self) -> int:
@@ -375,6 +416,10 @@ def _check(settings: Settings, env: Mapping[str, str]) -> None:
         if settings.store.url.startswith(REDIS_SCHEMES) and pool.timeout >= settings.store.lease:
             # Else a slow but live attempt's job would be claimed again by another process.
             raise ConfigError(f"{where}.timeout", "must be below store.lease")
+        if pool.circuit.max_cooldown < pool.circuit.cooldown:
+            raise ConfigError(f"{where}.circuit.max_cooldown", "is below cooldown")
+        if pool.adaptive.min_concurrency > pool.concurrency:
+            raise ConfigError(f"{where}.adaptive.min_concurrency", "is above concurrency")
         sink = pool.sink
         if isinstance(sink, WebhookSinkConfig):
             _check_webhook_url(f"{where}.sink.url", sink.url, settings.security)
