@@ -83,7 +83,8 @@ def test_half_open_lets_the_probes_through_and_closes_when_all_succeed() -> None
         attempt(b, t, failed=True)
     assert b.state is OPEN
     first = b.admit(5.3)
-    assert first > PASS and b.state is HALF_OPEN
+    assert first > PASS
+    assert b.state is HALF_OPEN
     second = b.admit(5.3)
     assert second == first
     assert b.admit(5.3) == REFUSED  # two probes out: the rest wait for their outcome
@@ -133,7 +134,8 @@ def test_outcomes_from_the_past_change_nothing() -> None:
     # Attempts let through before it opened end while it is open: ignored.
     b.record(1.0, False, PASS)
     b.record(1.0, True, PASS)
-    assert b.state is OPEN and b.wait(1.0) == pytest.approx(4.3)
+    assert b.state is OPEN
+    assert b.wait(1.0) == pytest.approx(4.3)
     old = b.admit(5.3)  # half-open; a probe that will outlive its period
     b.record(5.4, True, b.admit(5.3))  # the other probe fails: open again
     b.record(20.0, False, b.admit(20.0))  # a new period's probe
@@ -148,11 +150,14 @@ def test_opened_by_hand_it_stays_open_until_closed_by_hand() -> None:
     b, moves = breaker()
     assert b.force(0.0, True, "opened by ops")
     assert not b.force(1.0, True, "opened by ops")  # already
-    assert b.state is OPEN and b.reason == "opened by ops" and b.opened == 1
+    assert b.state is OPEN
+    assert b.reason == "opened by ops"
+    assert b.opened == 1
     assert b.wait(1e9) == math.inf
     assert b.admit(1e9) == REFUSED  # no probes
     assert b.force(2.0, False, "closed by ops")
-    assert b.state is CLOSED and b.admit(2.0) == PASS
+    assert b.state is CLOSED
+    assert b.admit(2.0) == PASS
     assert not b.force(3.0, False, "closed by ops")
     assert moves == []  # the caller reports an operator's moves
 
@@ -175,7 +180,8 @@ def test_one_probe_by_default() -> None:
     b, _ = breaker(CircuitConfig(enabled=True, min_attempts=1, cooldown=1.0))
     attempt(b, 0.0, failed=True)
     ticket = b.admit(1.0)
-    assert ticket > PASS and b.admit(1.0) == REFUSED
+    assert ticket > PASS
+    assert b.admit(1.0) == REFUSED
     b.record(1.1, False, ticket)
     assert b.state is CLOSED
 
