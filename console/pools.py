@@ -20,8 +20,15 @@ _THROTTLES = ("rate", "burst", "concurrency")
 
 
 def state_of(info: PoolInfo) -> str:
+    """The pool's state badge: what holds its deliveries back, the strongest first."""
     if info.paused:
         return "paused"
+    if info.circuit == "open":
+        return "open"
+    if info.circuit == "half_open":
+        return "probing"
+    if info.hold_seconds > 0:
+        return "held"
     if any(key in info.overrides for key in _THROTTLES):
         return "throttled"
     return "running"
@@ -30,8 +37,8 @@ def state_of(info: PoolInfo) -> str:
 def protection(info: PoolInfo) -> str:
     """What keeps the pool from its receiver now, in words: the circuit and the hold."""
     if info.circuit == "open":
-        if info.half_open_in_seconds is None:
-            return "circuit open until closed by hand"
+        if info.half_open_in_seconds is None:  # the reason names who opened it
+            return f"circuit {info.circuit_reason}, until closed by hand"
         return f"circuit open, probing in {fmt.age(info.half_open_in_seconds)}"
     if info.circuit == "half_open":
         return "circuit half-open: probing"

@@ -316,7 +316,7 @@ async def test_an_operator_opens_and_closes_the_circuit_and_every_view_shows_it(
     overview = await (await client.get("/console/")).text()
     row = re.search(r'<tr data-pool="sms">.*?</tr>', overview, re.S)
     assert row is not None
-    assert "circuit open until closed by hand" in row[0]
+    assert "circuit opened by alice, until closed by hand" in row[0]
 
     async def sampled() -> Any:  # live.json answers from the sampler's latest sample
         live = await (await client.get("/console/live.json")).json()
@@ -324,7 +324,7 @@ async def test_an_operator_opens_and_closes_the_circuit_and_every_view_shows_it(
         return sms if sms["circuit"] == "open" else None
 
     sms = await eventually(sampled)
-    assert sms["protection"] == "circuit open until closed by hand"
+    assert sms["protection"] == "circuit opened by alice, until closed by hand"
     assert sms["busy"] == "0 / 8"
     assert rec.requests == []
     await post(client, "/console/pools/sms/circuit", {"state": "closed"}, csrf=csrf)
