@@ -60,6 +60,7 @@ def setup(app: web.Application, *, sample_interval: float = 2.0) -> web.Applicat
     r.add_post("/pools/{name}/resume", pools.resume)
     r.add_post("/pools/{name}/throttle", pools.throttle)
     r.add_post("/pools/{name}/reset", pools.reset)
+    r.add_post("/pools/{name}/circuit", pools.circuit)
     r.add_get("/dlq", dlq.browse)
     r.add_get("/dlq/count.json", dlq.count)
     r.add_post("/dlq/preview", dlq.preview)

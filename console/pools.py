@@ -1,4 +1,5 @@
-"""The overview of every pool, its live JSON, and the page of one pool with its controls."""
+"""The overview of every pool, its live JSON, and the page of one pool with its controls
+(pause, throttle, reset, and opening or closing its circuit breaker by hand)."""
 
 from __future__ import annotations
 
@@ -19,11 +20,31 @@ _THROTTLES = ("rate", "burst", "concurrency")
 
 
 def state_of(info: PoolInfo) -> str:
+    """The pool's state badge: what holds its deliveries back, the strongest first."""
     if info.paused:
         return "paused"
+    if info.circuit == "open":
+        return "open"
+    if info.circuit == "half_open":
+        return "probing"
+    if info.hold_seconds > 0:
+        return "held"
     if any(key in info.overrides for key in _THROTTLES):
         return "throttled"
     return "running"
+
+
+def protection(info: PoolInfo) -> str:
+    """What keeps the pool from its receiver now, in words: the circuit and the hold."""
+    if info.circuit == "open":
+        if info.half_open_in_seconds is None:  # the reason names who opened it
+            return f"circuit {info.circuit_reason}, until closed by hand"
+        return f"circuit open, probing in {fmt.age(info.half_open_in_seconds)}"
+    if info.circuit == "half_open":
+        return "circuit half-open: probing"
+    if info.hold_seconds > 0:
+        return f"held {fmt.age(info.hold_seconds)} (Retry-After)"
+    return "circuit closed" if info.circuit_enabled else "—"
 
 
 def pool_row(info: PoolInfo, sampler: Sampler | None) -> dict[str, Any]:
@@ -45,7 +66,12 @@ def pool_row(info: PoolInfo, sampler: Sampler | None) -> dict[str, Any]:
         "oldest": fmt.age(info.oldest_age_seconds) if info.oldest_age_seconds else "—",
         "in_flight": info.in_flight,
         "concurrency": info.concurrency,
-        "busy": f"{info.in_flight} / {info.concurrency}",
+        "limit": info.effective_concurrency,
+        "busy": f"{info.in_flight} / {info.effective_concurrency}"
+        + (f" of {info.concurrency}" if info.adaptive_enabled else ""),
+        "circuit": info.circuit,
+        "protection": protection(info),
+        "held": info.hold_seconds > 0,
         "throughput": fmt.rate(per_second),
         "failure": fmt.percent(ratio),
         "failing": ratio >= 0.05,
@@ -97,7 +123,8 @@ async def overview(request: web.Request) -> web.StreamResponse:
     changes = await pool_changes(dispatcher)
     last_change: dict[str, AuditEntry] = {}
     for entry in changes:
-        last_change.setdefault(entry.target, entry)
+        if entry.action != "pool.circuit":  # the hint explains a pause or a throttle
+            last_change.setdefault(entry.target, entry)
     rows = [pool_row(info, sampler) for info in infos]
     context = {
         "rows": rows,
@@ -229,6 +256,27 @@ def _number(text: str, key: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{key} must be a finite number")
     return value
+
+
+@route
+async def circuit(request: web.Request) -> web.StreamResponse:
+    """Open the pool's circuit by hand (it stays open until closed by hand) or close it."""
+    session = require(request, "operate")
+    name = request.match_info["name"]
+    form = await form_of(request)
+    state = form.get("state")
+    if state not in ("open", "closed"):
+        session.flash("The circuit is either open or closed.", "error")
+        raise web.HTTPSeeOther(_pool_url(name))
+    opened = state == "open"
+    await dispatcher_of(request).update_pool(
+        name, actor=session.user, circuit="open" if opened else "closed"
+    )
+    if opened:
+        session.flash(f"Pool {name}: circuit open; nothing is attempted until you close it.")
+    else:
+        session.flash(f"Pool {name}: circuit closed; deliveries resume.")
+    raise web.HTTPSeeOther(_next(form, _pool_url(name)))
 
 
 @route

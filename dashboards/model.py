@@ -50,6 +50,8 @@ class Panel:
     stack: bool = False
     thresholds: tuple[float, ...] = ()  # drawn as dashed lines on a time series
     show_name: bool = False  # a stat panel whose series name (legend) is the information
+    #: value -> (text, colour): what a state-timeline shows for each value of a state gauge
+    mappings: tuple[tuple[int, str, str], ...] = ()
 
 
 @dataclass(frozen=True)

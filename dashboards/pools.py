@@ -1,5 +1,6 @@
-"""The Pools dashboard: per pool, saturation, throttle and pause next to their effect, queue
-waits and delivery time."""
+"""The Pools dashboard: per pool, saturation, throttle and pause next to their effect, the
+receiver protection (circuit breaker, concurrency in force), queue waits and delivery
+time."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from .model import RATE, Dashboard, Panel, Row, T, quantile, sel
 POOLS = Dashboard(
     uid="dispatcher-pools",
     title="Dispatcher / Pools",
-    description="Per pool: saturation, throttle and pause next to their effect, waits, "
-    "delivery time.",
+    description="Per pool: saturation, throttle and pause next to their effect, receiver "
+    "protection, waits, delivery time.",
     rows=(
         Row(
             "Saturation",
@@ -79,6 +80,50 @@ POOLS = Dashboard(
                     ),
                     "Share of worker time spent waiting for rate tokens over 5m (recording "
                     "rule): high means the throttle, not the sink, sets the pace.",
+                ),
+            ),
+        ),
+        Row(
+            "Receiver protection",
+            (
+                Panel(
+                    "Circuit state",
+                    "none",
+                    (T(f"max by (pool) (dispatcher_pool_circuit_state{sel()})", "{{pool}}"),),
+                    "Each pool's circuit breaker, worst instance: closed, half-open (probing) "
+                    "or open (no attempts; messages wait without spending attempts). "
+                    "DispatcherCircuitOpen fires when it stays out of closed for 5 minutes.",
+                    kind="state-timeline",
+                    mappings=(
+                        (0, "closed", "green"),
+                        (1, "half-open", "orange"),
+                        (2, "open", "red"),
+                    ),
+                ),
+                Panel(
+                    "Circuit openings",
+                    "short",
+                    (
+                        T(
+                            "sum by (pool) (increase(dispatcher_circuit_opened_total"
+                            f"{sel()}[{RATE}]))",
+                            "{{pool}}",
+                        ),
+                    ),
+                    "Times a circuit opened (a failed probe opens it again), all instances.",
+                ),
+                Panel(
+                    "Concurrency in force",
+                    "short",
+                    (
+                        T(
+                            f"max by (pool, instance) (dispatcher_pool_concurrency_limit{sel()})",
+                            "{{pool}} {{instance}}",
+                        ),
+                    ),
+                    "The effective concurrency of each process: the configured one, or with "
+                    "adaptive concurrency the limit found between min_concurrency and "
+                    "concurrency; it falls on 429s, 503s, timeouts and slow answers.",
                 ),
             ),
         ),

@@ -95,6 +95,12 @@ def _field_config(panel: Panel) -> dict[str, Any]:
             "mode": "absolute",
             "steps": [{"color": "green", "value": None}, {"color": "orange", "value": 1}],
         }
+    if panel.mappings:
+        options = {
+            str(value): {"text": text, "color": color, "index": i}
+            for i, (value, text, color) in enumerate(panel.mappings)
+        }
+        defaults["mappings"] = [{"type": "value", "options": options}]
     return {"defaults": defaults, "overrides": []}
 
 

@@ -1,14 +1,18 @@
 """Operator actions: live pool overrides, the dead-letter queue, and the audit log of both.
 
 An override (rate, burst, concurrency, paused) applies at once and is saved in the store, so
-a restart applies it again (`apply_overrides` at start); a reset goes back to the config. DLQ
-replay sends dead messages back to their pools with fresh attempts, purge deletes them, and
-an edited replay enqueues a corrected copy under a new id. Every change is audited with the
-actor; a bulk action that fails part-way audits the part that was done, and raises.
+a restart applies it again (`apply_overrides` at start); a reset goes back to the config. A
+circuit opened or closed by hand is not saved: breaker state is per process, and a process
+starts with it closed. DLQ replay sends dead messages back to their pools with fresh
+attempts, purge deletes them, and an edited replay enqueues a corrected copy under a new id.
+Every change is audited with the actor; a bulk action that fails part-way audits the part
+that was done, and raises. What the dispatcher does by itself (a circuit breaker's moves) is
+audited too, with the actor `system`, by a task of its own so the pool never waits for it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -16,6 +20,7 @@ from typing import Any
 import msgspec
 
 from .admission import Admission
+from .circuit import CircuitState
 from .errors import NotFound, PartlyDone, StoreError, Unavailable
 from .message import AuditEntry, DlqFilter, IdGenerator, Message, NewMessage
 from .observe.metrics import Metrics
@@ -23,6 +28,8 @@ from .pool import Pool
 from .stores.base import Store
 
 log = logging.getLogger("dispatcher")
+
+SYSTEM = "system"  # the actor of what the dispatcher does by itself
 
 
 def overrides_of(pool: Pool) -> dict[str, Any]:
@@ -74,14 +81,22 @@ class Actions:
         self._clock = clock
         self._ids = ids
         self._check_open = check_open  # raises Unavailable while not started or draining
+        self._system: list[AuditEntry] = []  # the system's entries not written yet
+        self._system_queued = asyncio.Event()
+        self._system_writer: asyncio.Task[None] | None = None
 
     # --- pool overrides ------------------------------------------------------------------
     async def update_pool(self, pool: Pool, changes: dict[str, Any], *, actor: str) -> None:
-        overrides = {**overrides_of(pool), **changes}
-        await self._store.save_pool_settings(pool.name, overrides)
-        apply_overrides(pool, overrides)
-        if "paused" in changes:
-            await pool.set_paused(bool(changes["paused"]))
+        settings = {key: value for key, value in changes.items() if key != "circuit"}
+        if settings:
+            overrides = {**overrides_of(pool), **settings}
+            await self._store.save_pool_settings(pool.name, overrides)
+            apply_overrides(pool, overrides)
+            if "paused" in settings:
+                await pool.set_paused(bool(settings["paused"]))
+        if "circuit" in changes:  # never saved: see the module docstring
+            opened = changes["circuit"] == "open"
+            pool.gate.set_circuit(opened, f"{'opened' if opened else 'closed'} by {actor}")
         await self._audit(actor, "pool.update", pool.name, changes)
 
     async def adopt(self, saved: Mapping[str, Mapping[str, Any]]) -> None:
@@ -175,6 +190,48 @@ class Actions:
             detail["purge_error"] = str(exc)
         await self._audit_best_effort(actor, "dlq.edit_replay", target, detail, 1)
         return new.id
+
+    # --- what the dispatcher does by itself --------------------------------------------
+    def circuit_changed(self, pool: str, state: CircuitState, reason: str) -> None:
+        """A pool's breaker moved by itself (the pool has logged it): audit it as the
+        system's action. Called on the pool's hot path, so it only queues the entry."""
+        detail: dict[str, object] = {"circuit": state.name.lower(), "reason": reason}
+        self._system.append(AuditEntry(self._clock(), SYSTEM, "pool.circuit", pool, detail))
+        self._system_queued.set()
+
+    def start(self) -> None:
+        self._system_writer = asyncio.create_task(self._write_system(), name="audit:system")
+
+    async def stop(self) -> None:
+        """Write what is queued, then end the writer (before the store closes)."""
+        task, self._system_writer = self._system_writer, None
+        if task is None:
+            return
+        self._system_queued.set()
+        try:
+            async with asyncio.timeout(5.0):
+                await asyncio.shield(task)
+        except TimeoutError:  # a store that does not answer: the moves are in the log
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _write_system(self) -> None:
+        while True:
+            await self._system_queued.wait()
+            self._system_queued.clear()
+            await self._flush_system()
+            if self._system_writer is None:  # stop() asked
+                return
+
+    async def _flush_system(self) -> None:
+        entries, self._system = self._system, []
+        for entry in entries:
+            try:
+                await self._store.audit(entry)
+            except StoreError as exc:  # the transition itself is logged already
+                log.warning(
+                    "audit: %s %s %s (not stored: %s)", entry.actor, entry.action, entry.target, exc
+                )
 
     # --- audit ---------------------------------------------------------------------------
     async def _audit(

@@ -7,13 +7,13 @@ Every error becomes a ConfigError whose text starts with the dotted path of the 
 
 Environment variables ``DISPATCHER_<SECTION>__<KEY>`` (more ``__`` for deeper keys) override
 file values; their text is read as a YAML scalar so ``DISPATCHER_SERVER__PORT=9000`` is an int.
-Nothing here runs at import time.
+Nothing here runs at import time. A pool's own settings (its sink, limits, retry policy and
+receiver protection) are in poolconfig.py; this module re-exports them.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -24,21 +24,23 @@ import msgspec
 import yaml
 
 from .errors import ConfigError, field_problem
+from .poolconfig import AdaptiveConfig as AdaptiveConfig
+from .poolconfig import CircuitConfig as CircuitConfig
+from .poolconfig import Count, PositiveSeconds, Seconds
+from .poolconfig import DemoSinkConfig as DemoSinkConfig
+from .poolconfig import LogSinkConfig as LogSinkConfig
+from .poolconfig import PoolConfig as PoolConfig
+from .poolconfig import PythonSinkConfig as PythonSinkConfig
+from .poolconfig import RetryConfig as RetryConfig
+from .poolconfig import Section as _Section
+from .poolconfig import SinkConfig as SinkConfig
+from .poolconfig import WebhookSinkConfig as WebhookSinkConfig
+from .poolconfig import WebsocketSinkConfig as WebsocketSinkConfig
 from .tags import validate_pattern
 
 POOL_NAME = re.compile(r"^[a-z0-9_-]{1,64}$")
 Scope = Literal["produce", "read", "operate", "admin"]
 SCOPES: tuple[Scope, ...] = ("produce", "read", "operate", "admin")
-
-Seconds = Annotated[float, msgspec.Meta(ge=0)]
-PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
-Count = Annotated[int, msgspec.Meta(ge=1)]
-
-
-class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    # The string under a field is its documentation: the README's reference table and the
-    # comments of `dispatcher init`'s starter file are generated from it (starter.py).
-    pass
 
 
 class ServerConfig(_Section, frozen=True):
@@ -107,93 +109,6 @@ class AuthConfig(_Section, frozen=True):
     disabled: bool = False
     """Turn authentication off: every request acts as admin. Allowed only when server.host is
     a loopback address."""
-
-
-class RetryConfig(_Section, frozen=True):
-    """When a failed attempt is tried again. After n failed attempts the wait is uniform in
-    [0, min(max_backoff, initial_backoff * multiplier^(n-1))] (full jitter)."""
-
-    max_attempts: Count = 5
-    """Attempts in all; when the last one fails the message goes to the DLQ."""
-    initial_backoff: Seconds = 1.0
-    """Seconds; the longest wait after the first failed attempt."""
-    max_backoff: Seconds = 300.0
-    """Seconds; no wait is longer, not even one a Retry-After asks for."""
-    multiplier: Annotated[float, msgspec.Meta(ge=1)] = 2.0
-    """How much the longest wait grows with each failed attempt."""
-
-
-class WebhookSinkConfig(_Section, frozen=True, tag="webhook", tag_field="type"):
-    """POST each message to a URL, signed per Standard Webhooks."""
-
-    url: str
-    """The http:// or https:// URL to POST to. Redirects are not followed; private and
-    loopback addresses are refused unless the security keys allow them."""
-    secret: str | None = None
-    """Signing secret: whsec_ and base64 (any other text is used as its UTF-8 bytes). Unset:
-    no webhook-signature header."""
-    headers: dict[str, str] = {}
-    """Extra request headers; they cannot replace the webhook-* and dispatcher-* ones."""
-
-
-class PythonSinkConfig(_Section, frozen=True, tag="python", tag_field="type"):
-    """Call a Python function in the dispatcher's process."""
-
-    handler: str
-    """package.module:function, called with each Message, sync (in a thread) or async; it
-    may raise dispatcher.Retry or dispatcher.Permanent to steer the outcome."""
-
-
-class WebsocketSinkConfig(_Section, frozen=True, tag="websocket", tag_field="type"):
-    """Push each message to a client connected to GET /v1/subscribe."""
-
-    ack_timeout: PositiveSeconds = 10.0
-    """Seconds a subscriber has to ack a message; then the attempt fails (and is retried)."""
-
-
-class LogSinkConfig(_Section, frozen=True, tag="log", tag_field="type"):
-    """Log one line per delivery (ids and sizes, never the payload)."""
-
-    level: Literal["debug", "info", "warning"] = "info"
-    """Level of the line: debug, info or warning."""
-
-
-class DemoSinkConfig(_Section, frozen=True, tag="demo", tag_field="type"):
-    """Pretend to deliver, with a latency and a failure rate."""
-
-    fail_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
-    """Share of attempts that fail, a tenth of them permanently."""
-    latency: Seconds = 0.0
-    """Mean seconds per attempt (each takes 0.5 to 1.5 times this)."""
-
-
-SinkConfig = (
-    WebhookSinkConfig | PythonSinkConfig | WebsocketSinkConfig | LogSinkConfig | DemoSinkConfig
-)
-
-
-class PoolConfig(_Section, frozen=True):
-    """Workers that deliver to one sink, with their own limits and retry policy."""
-
-    sink: SinkConfig
-    """Where the pool delivers; type is webhook, python, websocket, log or demo."""
-    concurrency: Count = 8
-    """Most deliveries in flight at once."""
-    rate: Annotated[float, msgspec.Meta(gt=0)] | None = None
-    """Deliveries per second, as a token bucket; null: unlimited."""
-    burst: Count | None = None
-    """Size of the token bucket (needs rate); null: one second's worth of rate."""
-    max_backlog: Count = 100_000
-    """Ingest answers 429 once this many of the pool's messages wait undelivered."""
-    timeout: PositiveSeconds = 10.0
-    """Seconds per attempt; a slower one fails as a timeout (and is retried)."""
-    retry: RetryConfig = RetryConfig()
-
-    @property
-    def effective_burst(self) -> int:
-        if self.burst is not None:
-            return self.burst
-        return max(1, math.ceil(self.rate)) if self.rate else 1
 
 
 class RouteConfig(_Section, frozen=True):
@@ -375,6 +290,10 @@ def _check(settings: Settings, env: Mapping[str, str]) -> None:
         if settings.store.url.startswith(REDIS_SCHEMES) and pool.timeout >= settings.store.lease:
             # Else a slow but live attempt's job would be claimed again by another process.
             raise ConfigError(f"{where}.timeout", "must be below store.lease")
+        if pool.circuit.max_cooldown < pool.circuit.cooldown:
+            raise ConfigError(f"{where}.circuit.max_cooldown", "is below cooldown")
+        if pool.adaptive.min_concurrency > pool.concurrency:
+            raise ConfigError(f"{where}.adaptive.min_concurrency", "is above concurrency")
         sink = pool.sink
         if isinstance(sink, WebhookSinkConfig):
             _check_webhook_url(f"{where}.sink.url", sink.url, settings.security)

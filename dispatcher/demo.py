@@ -1,8 +1,9 @@
 """The built-in demo: what `dispatcher serve` runs with no config file.
 
-Three pools on demo sinks, one of which fails often enough that retries and the DLQ have
-something to show, and a trickle of generated traffic so the console and /metrics move from
-the first second. Turn the traffic off with `--no-demo-traffic` or DISPATCHER_DEMO__TRAFFIC=0.
+Three pools on demo sinks, one of which fails often enough that retries, the DLQ and its
+circuit breaker have something to show, and a trickle of generated traffic so the console
+and /metrics move from the first second. Turn the traffic off with `--no-demo-traffic` or
+DISPATCHER_DEMO__TRAFFIC=0.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ DEMO_CONFIG: dict[str, Any] = {
             "concurrency": 4,
             "timeout": 2,
             "retry": {"max_attempts": 3, "initial_backoff": 0.5, "max_backoff": 5},
+            # Its failures open the circuit now and then: the console shows it probing.
+            "circuit": {"enabled": True, "min_attempts": 10, "failure_ratio": 0.4},
             "sink": {"type": "demo", "latency": 0.1, "fail_rate": 0.35},
         },
     },

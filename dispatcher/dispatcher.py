@@ -12,18 +12,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import os
 import random as _random
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from opentelemetry.trace import TracerProvider
 
 from .acker import Acker
 from .actions import Actions, apply_overrides, overrides_of
 from .admission import Admission
+from .circuit import CircuitState
 from .config import Settings
 from .errors import IdConflict, NotFound, StoreError, Unavailable, Unroutable
 from .following import SettingsFollower
@@ -148,6 +150,7 @@ class Dispatcher:
                 monotonic=self._monotonic,
                 random=self._random,
                 chain=chain,
+                on_circuit=self._actions.circuit_changed,
             )
             apply_overrides(pool, overrides.get(name, {}), starting=True)
             c = counts.get(name, PoolCounts())
@@ -155,6 +158,7 @@ class Dispatcher:
             self._attempt_totals[name] = [0, 0]
             self.pools[name] = pool
         self._acker.start()
+        self._actions.start()
         for pool in self.pools.values():
             pool.start()
         self._housekeeper.start()
@@ -189,6 +193,7 @@ class Dispatcher:
                 await self.store.release(abandoned)
             except StoreError:
                 log.exception("could not release %d abandoned jobs", len(abandoned))
+        await self._actions.stop()  # the system's audit entries, before the store closes
         await self._housekeeper.stop()
         await self._follower.stop()
         for sink in self._sinks.values():
@@ -322,6 +327,10 @@ class Dispatcher:
 
     def _info(self, pool: Pool, c: PoolCounts) -> PoolInfo:
         now = self._clock()
+        gate = pool.gate
+        state = gate.breaker.state
+        monotonic = self._monotonic()
+        half_open_in = gate.breaker.wait(monotonic) if state == CircuitState.OPEN else None
         return PoolInfo(
             name=pool.name,
             paused=pool.paused,
@@ -338,6 +347,13 @@ class Dispatcher:
             timeout=pool.config.timeout,
             sink=pool.config.sink.__struct_config__.tag,  # type: ignore[arg-type]
             overrides=overrides_of(pool),
+            circuit=state.name.lower(),  # type: ignore[arg-type]  # the names are the values
+            circuit_enabled=gate.breaker_on,
+            circuit_reason=gate.breaker.reason,
+            half_open_in_seconds=None if half_open_in == math.inf else half_open_in,
+            hold_seconds=gate.hold.remaining(monotonic),
+            effective_concurrency=pool.limit,
+            adaptive_enabled=gate.adaptive is not None,
         )
 
     def attempt_totals(self) -> dict[str, tuple[int, int]]:
@@ -361,11 +377,19 @@ class Dispatcher:
         burst: int = _UNSET,
         concurrency: int = _UNSET,
         paused: bool = _UNSET,
+        circuit: Literal["open", "closed"] = _UNSET,
     ) -> PoolInfo:
         """Change a pool's throttle or pause it; applies at once, persists, is audited.
-        `rate=None` means unlimited."""
+        `rate=None` means unlimited. `circuit` opens the pool's circuit breaker (until
+        closed by hand) or closes it; audited, but per process: never persisted."""
         pool = self._pool(name)
-        given = {"rate": rate, "burst": burst, "concurrency": concurrency, "paused": paused}
+        given = {
+            "rate": rate,
+            "burst": burst,
+            "concurrency": concurrency,
+            "paused": paused,
+            "circuit": circuit,
+        }
         changes = {key: value for key, value in given.items() if value is not _UNSET}
         await self._actions.update_pool(pool, changes, actor=actor)
         return await self.pool_info(name)

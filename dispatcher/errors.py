@@ -16,6 +16,7 @@
      │    └── PartlyDone        a bulk operation failed after committing some of its chunks
      └── DeliveryError          raised by a sink to classify a failed attempt
           ├── Retry             retry later (optionally not before `retry_after`)
+          │    └── Overloaded   the receiver is overloaded (429, 503): the pool backs off
           └── Permanent         never retry: straight to the DLQ
 
 "Retry later" and "reject now" are signals, separate from real failures: any other exception
@@ -137,6 +138,7 @@ class DeliveryError(DispatcherError):
     """Raised by a sink (or a python handler) to say how an attempt failed."""
 
     retryable = True
+    overloaded = False  # the receiver's problem, not the message's (see Overloaded)
 
     def __init__(self, detail: str = "", *, retry_after: float | None = None) -> None:
         super().__init__(detail)
@@ -146,6 +148,14 @@ class DeliveryError(DispatcherError):
 
 class Retry(DeliveryError):
     """Try again later; `retry_after` (seconds) overrides the computed backoff when longer."""
+
+
+class Overloaded(Retry):
+    """The receiver says it has too much to do (a 429 or a 503). Not only this message's
+    business: with `retry_after` the whole pool holds until then (up to the pool's
+    `circuit.max_hold`), and an adaptive pool lowers its concurrency."""
+
+    overloaded = True
 
 
 class Permanent(DeliveryError):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import os
 import time
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -220,3 +220,13 @@ class PoolInfo(msgspec.Struct, frozen=True):
     timeout: float
     sink: str
     overrides: dict[str, Any] = {}
+    # Receiver protection. The circuit breaker: its state, whether it opens by itself
+    # (`circuit.enabled`), why it is in its state, and while open, the seconds until probes
+    # (null when opened by hand, which lasts until closed by hand).
+    circuit: Literal["closed", "half_open", "open"] = "closed"
+    circuit_enabled: bool = False
+    circuit_reason: str = ""
+    half_open_in_seconds: float | None = None
+    hold_seconds: float = 0.0  # left of the hold a receiver's Retry-After asked for
+    effective_concurrency: int = 0  # the limit in force: concurrency, or less while adaptive
+    adaptive_enabled: bool = False

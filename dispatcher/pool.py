@@ -11,6 +11,11 @@ work is announced (`notify`) or the next scheduled job is due. A watchdog cancel
 that outlive the pool's timeout, which costs nothing per message (unlike one timer each).
 Rate, burst, concurrency and pause change at run time without restarting anything.
 
+The pool protects its receiver through its gate (gate.py): a circuit breaker, the hold a
+Retry-After asks for, and an adaptive concurrency limit. While the gate is shut the feeder
+claims nothing and hands the window back, and no attempt starts, so messages wait without
+spending attempts; workers above the effective limit park until it grows.
+
 Both clocks are passed in, as the policies take theirs: `clock` (wall time) for schedules and
 attempt timestamps, `monotonic` for what is measured (the pace, rate tokens, an attempt's
 duration and timeout), so a test moves time by hand instead of sleeping. The waits themselves
@@ -27,8 +32,10 @@ from collections import deque
 from collections.abc import Callable
 
 from .acker import Acker
+from .circuit import PASS, REFUSED, CircuitState
 from .config import PoolConfig
 from .errors import DeliveryError, StoreError
+from .gate import Gate
 from .message import Attempt, Completion, Job, Outcome
 from .middleware import Chain
 from .ratelimit import TokenBucket
@@ -78,6 +85,7 @@ class Pool:
         monotonic: Callable[[], float] = time.monotonic,
         random: Callable[[], float] = _random.random,
         chain: Chain | None = None,
+        on_circuit: Callable[[str, CircuitState, str], None] | None = None,
     ) -> None:
         self.name = name
         self.config = config
@@ -97,6 +105,8 @@ class Pool:
         self.busy = 0
         self.rate_wait_seconds = 0.0
         self._bucket = TokenBucket(self.rate, self.burst, monotonic())
+        # Receiver protection: circuit breaker, Retry-After hold, adaptive limit (gate.py).
+        self.gate = Gate(name, config, monotonic, moved=self._gate_moved, on_circuit=on_circuit)
         self._window: deque[Job] = deque()
         self._started = 0  # jobs taken from the window since the last claim
         self._paced_at = monotonic()
@@ -162,6 +172,7 @@ class Pool:
         self._wake.set()
         self._feed.set()
         self._wake_throttled()
+        self.gate.signal()
         if self._feeder is not None:
             # Let the feeder finish rather than cancel it: a claim it is awaiting may already
             # be committed, and only the feeder can hand those jobs back (it does, since
@@ -216,6 +227,7 @@ class Pool:
         self._wake_throttled()
         if concurrency != self.concurrency:
             self.concurrency = concurrency
+            self.gate.configure(concurrency)  # the ceiling of an adaptive limit
             self._size_window()
             self._spawn_workers()  # more workers now; surplus ones exit after their attempt
             self._wake.set()
@@ -225,6 +237,25 @@ class Pool:
         """Wake workers waiting for a rate token: the throttle changed, or we pause or stop."""
         self._throttle_changed.set()
         self._throttle_changed = asyncio.Event()
+
+    @property
+    def limit(self) -> int:
+        """The effective concurrency: `concurrency`, or below it while adaptive."""
+        return self.gate.limit
+
+    @property
+    def circuit_state(self) -> int:
+        """0 closed, 1 half-open, 2 open (dispatcher_pool_circuit_state)."""
+        return self.gate.breaker.state
+
+    @property
+    def circuit_opened(self) -> int:
+        """Times the circuit opened since start (dispatcher_circuit_opened_total)."""
+        return self.gate.breaker.opened
+
+    def _gate_moved(self) -> None:
+        self._feed.set()  # shut: the feeder hands the window back; open: it claims again
+        self._wake.set()
 
     def notify(self, at: float | None = None) -> None:
         """New work: now (enqueue, replay) or at a future time (a scheduled retry)."""
@@ -262,6 +293,12 @@ class Pool:
             if self._next_at is not None and self._next_at <= now:
                 self._next_at = None
                 self._maybe_ready = True
+            if self.gate.gated and not self.paused:
+                wait = self.gate.wait(self._monotonic())
+                if wait > 0.0:  # open or held: claim nothing, and hand back what we hold
+                    await self._release_window()
+                    await self._sleep_until_fed(now, wait)
+                    continue
             if self.paused or not self._maybe_ready or len(self._window) > self._low_water:
                 await self._sleep_until_fed(now)
                 continue
@@ -304,8 +341,8 @@ class Pool:
             if len(claim.jobs) < want and generation == self._generation:
                 self._maybe_ready = False
 
-    async def _sleep_until_fed(self, now: float) -> None:
-        timeout = _IDLE_POLL
+    async def _sleep_until_fed(self, now: float, limit: float = _IDLE_POLL) -> None:
+        timeout = min(_IDLE_POLL, limit)
         if self._next_at is not None:
             timeout = min(timeout, max(0.0, self._next_at - now))
         self._feed.clear()
@@ -318,9 +355,13 @@ class Pool:
     # --- workers -------------------------------------------------------------------------
     async def _work(self, worker: _Worker) -> None:
         window = self._window
+        gate = self.gate
         while True:
             if self._stopping or worker.index >= self.concurrency:
                 return
+            if worker.index >= gate.limit:  # parked above the adaptive limit
+                await gate.parked()
+                continue
             if self.paused or not window:
                 self._wake.clear()
                 await self._wake.wait()
@@ -337,7 +378,14 @@ class Pool:
             if self.rate is not None and not await self._take_token():
                 window.appendleft(job)  # paused or stopping while we waited for a token
                 continue
-            await self._attempt(worker, job)
+            ticket = PASS
+            if gate.gated:
+                ticket = gate.admit()
+                if ticket == REFUSED:  # open, held, or the probes are out
+                    window.appendleft(job)
+                    await gate.turned_away()
+                    continue
+            await self._attempt(worker, job, ticket)
 
     async def _take_token(self) -> bool:
         monotonic = self._monotonic
@@ -358,13 +406,14 @@ class Pool:
                 return not (self.paused or self._stopping)
             # The throttle changed while we waited: ask the reconfigured bucket again.
 
-    async def _attempt(self, worker: _Worker, job: Job) -> None:
+    async def _attempt(self, worker: _Worker, job: Job, ticket: int) -> None:
         n = job.attempts + 1
         chain = self._chain
         states = chain.before(job, n) if chain else None
         started_at = self._clock()
         error: str | None = None
         retryable = True
+        overloaded = False
         retry_after: float | None = None
         worker.job = job
         worker.timed_out = False
@@ -386,6 +435,10 @@ class Pool:
             error = exc.detail or type(exc).__name__
             retryable = exc.retryable
             retry_after = exc.retry_after
+            if exc.overloaded:
+                overloaded = True
+                if retry_after is not None:
+                    retry_after = self.gate.hold_for(retry_after)
         except Exception as exc:  # a sink must never kill its worker
             outcome = Outcome.FAILURE
             error = f"{type(exc).__name__}: {exc}"
@@ -400,7 +453,18 @@ class Pool:
                 task.uncancel()
             outcome = Outcome.TIMEOUT
             error = f"timed out after {self.config.timeout:g}s"
-        duration = self._monotonic() - start
+        end = self._monotonic()
+        duration = end - start
+        gate = self.gate
+        if gate.breaker_on or gate.adaptive is not None:
+            gate.after(
+                ticket,
+                start,
+                end,
+                retryable and outcome is not Outcome.SUCCESS,
+                overloaded or outcome is Outcome.TIMEOUT,
+                self.busy + 1,
+            )
         worker.job = None
         if error is not None:
             error = clean_error(error)

@@ -86,6 +86,22 @@ def test_empty_file_is_all_defaults(tmp_path: Path) -> None:
         ("auth: {tokens: [{name: a, token_env: NOPE_NOT_SET}]}", "auth.tokens.0.token_env"),
         ("store: {url: 'postgres://x'}", "store.url"),
         ("server: {port: 8080}\nserver: {port: 9090}", "server: given twice"),
+        (
+            "pools: {email: {sink: {type: log}, circuit: {cooldown: 10, max_cooldown: 5}}}",
+            "pools.email.circuit.max_cooldown: is below cooldown",
+        ),
+        (
+            "pools: {email: {sink: {type: log}, circuit: {failure_ratio: 0}}}",
+            "pools.email.circuit.failure_ratio",
+        ),
+        (
+            "pools: {email: {sink: {type: log}, circuit: {switch: 1}}}",
+            "pools.email.circuit.switch: unknown key",
+        ),
+        (
+            "pools: {email: {sink: {type: log}, concurrency: 4, adaptive: {min_concurrency: 5}}}",
+            "pools.email.adaptive.min_concurrency: is above concurrency",
+        ),
     ],
 )
 def test_refusals_name_the_key(tmp_path: Path, change: str, message: str) -> None:

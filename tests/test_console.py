@@ -39,6 +39,7 @@ POSTS = [
     "/console/pools/email/resume",
     "/console/pools/email/throttle",
     "/console/pools/email/reset",
+    "/console/pools/email/circuit",
     "/console/dlq/preview",
     "/console/dlq/act",
     "/console/dlq/edit",
@@ -294,6 +295,45 @@ async def test_bad_throttle_values_change_nothing(client: Client) -> None:
     assert (info.rate, info.concurrency) == (50, 8)
     page = await (await client.get("/console/pools/sms")).text()
     assert "flash error" in page
+
+
+async def test_an_operator_opens_and_closes_the_circuit_and_every_view_shows_it(
+    client: Client, rec: Receiver
+) -> None:
+    csrf = await login(client)
+    dispatcher = dispatcher_of(client)
+    page = await (await client.get("/console/pools/sms")).text()
+    assert 'data-action="open-circuit" data-pool="sms"' in page
+    response = await post(client, "/console/pools/sms/circuit", {"state": "open"}, csrf=csrf)
+    assert response.headers["Location"] == "/console/pools/sms"
+    info = await dispatcher.pool_info("sms")
+    assert (info.circuit, info.circuit_reason) == ("open", "opened by alice")
+    await dispatcher.publish([Publish("sms.x", b"{}")])
+    page = await (await client.get("/console/pools/sms")).text()
+    assert 'data-circuit="open"' in page
+    assert "opened by alice" in page
+    assert 'data-action="close-circuit" data-pool="sms"' in page
+    overview = await (await client.get("/console/")).text()
+    row = re.search(r'<tr data-pool="sms">.*?</tr>', overview, re.S)
+    assert row is not None
+    assert "circuit opened by alice, until closed by hand" in row[0]
+
+    async def sampled() -> Any:  # live.json answers from the sampler's latest sample
+        live = await (await client.get("/console/live.json")).json()
+        (sms,) = [p for p in live["pools"] if p["name"] == "sms"]
+        return sms if sms["circuit"] == "open" else None
+
+    sms = await eventually(sampled)
+    assert sms["protection"] == "circuit opened by alice, until closed by hand"
+    assert sms["busy"] == "0 / 8"
+    assert rec.requests == []
+    await post(client, "/console/pools/sms/circuit", {"state": "closed"}, csrf=csrf)
+    assert (await dispatcher.pool_info("sms")).circuit == "closed"
+    await rec.wait_for(1)
+    response = await post(client, "/console/pools/sms/circuit", {"state": "ajar"}, csrf=csrf)
+    assert response.status == 303
+    details = [e.detail for e in (await dispatcher.audit_list())[0]]
+    assert details == [{"circuit": "closed"}, {"circuit": "open"}]
 
 
 async def test_unknown_pool_is_a_404_page(client: Client) -> None:

@@ -155,6 +155,24 @@ async def test_change_a_rate(page: Any, site: Site) -> None:
     assert (info.rate, info.concurrency) == (50, 8)
 
 
+async def test_open_and_close_the_circuit_by_hand(page: Any, site: Site) -> None:
+    await log_in(page, site, then="/console/pools/sms")
+    await page.click('form[data-action=open-circuit][data-pool="sms"] button')
+    await page.wait_for_selector('form[data-action=close-circuit][data-pool="sms"]')
+    assert (await site.dispatcher.pool_info("sms")).circuit == "open"
+    card = page.locator('[data-circuit="open"]')
+    assert "opened by alice" in await card.inner_text()
+    await shot(page, "pool-circuit-open")
+    await page.goto(f"{site.url}/console/")
+    cell = page.locator('tr[data-pool="sms"] [data-field=protection]')
+    assert await cell.text_content() == "circuit opened by alice, until closed by hand"
+    await shot(page, "overview-circuit-open")
+    await page.goto(f"{site.url}/console/pools/sms")
+    await page.click('form[data-action=close-circuit][data-pool="sms"] button')
+    await page.wait_for_selector('form[data-action=open-circuit][data-pool="sms"]')
+    assert (await site.dispatcher.pool_info("sms")).circuit == "closed"
+
+
 async def test_replay_a_dead_message_and_the_sink_gets_it(page: Any, site: Site) -> None:
     site.rec.script = refuse
     (mid,) = await dead_letters(site.dispatcher, [("user.replay", b'{"order": 42}')])

@@ -200,6 +200,8 @@ async def test_every_config_series_exists_at_zero_before_any_traffic(rig: Any) -
             "dispatcher_pool_busy_workers",
             "dispatcher_pool_paused",
             "dispatcher_pool_rate_limit",
+            "dispatcher_pool_circuit_state",
+            "dispatcher_circuit_opened_total",
             "dispatcher_queue_wait_seconds_count",
             "dispatcher_end_to_end_seconds_count",
         ):

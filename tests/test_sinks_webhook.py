@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 from standardwebhooks.webhooks import Webhook
 
 from dispatcher.config import SecurityConfig, WebhookSinkConfig
-from dispatcher.errors import ConfigError, Permanent, Retry
+from dispatcher.errors import ConfigError, Overloaded, Permanent, Retry
 from dispatcher.signing import Signer
 from dispatcher.sinks import SinkContext, build_sink
 from dispatcher.sinks.base import current_traceparent
@@ -250,6 +250,8 @@ async def test_retryable_statuses(server: TestServer, ctx: SinkContext, status: 
     assert not isinstance(info.value, Permanent)
     assert info.value.retry_after == 7.0
     assert str(info.value) == f"HTTP {status}: answer {status}"
+    # 429 and 503: the receiver is overloaded, which the pool acts on as a whole.
+    assert isinstance(info.value, Overloaded) == (status in (429, 503))
 
 
 async def test_retry_after_http_date(server: TestServer, ctx: SinkContext) -> None:

@@ -23,10 +23,13 @@
           else if (key === "state") {
             cell.textContent = row.state;
             cell.className = `badge ${row.state}`;
+          } else if (key === "protection") {
+            cell.textContent = row.protection;
+            cell.className = row.circuit !== "closed" || row.held ? "hot" : "";
           } else if (cell.tagName === "METER") cell.setAttribute("value", row[key]);
           else cell.textContent = row[key];
         });
-        el.querySelectorAll("meter[data-max]").forEach((m) => m.setAttribute("max", row.concurrency));
+        el.querySelectorAll("meter[data-max]").forEach((m) => m.setAttribute("max", row.limit));
         el.querySelectorAll("[data-when-state]").forEach((f) => {
           f.hidden = f.getAttribute("data-when-state") !== (row.state === "paused" ? "paused" : "active");
         });

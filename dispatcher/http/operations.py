@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 from aiohttp import web
@@ -49,7 +49,8 @@ Limit = Annotated[
 
 class PoolPatch(msgspec.Struct, forbid_unknown_fields=True):
     """Changes to a pool's settings, applied at once, persisted and audited; `rate` null
-    lifts the limit."""
+    lifts the limit. `circuit` opens the pool's circuit breaker (it stays open until closed
+    by hand) or closes it: audited, but not persisted (breaker state is per process)."""
 
     SCHEMA_EXTRA: ClassVar[dict[str, object]] = {"minProperties": 1}  # see changes()
 
@@ -57,6 +58,7 @@ class PoolPatch(msgspec.Struct, forbid_unknown_fields=True):
     burst: Annotated[int, msgspec.Meta(ge=1, le=1_000_000_000)] | msgspec.UnsetType = msgspec.UNSET
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | msgspec.UnsetType = msgspec.UNSET
     paused: bool | msgspec.UnsetType = msgspec.UNSET
+    circuit: Literal["open", "closed"] | msgspec.UnsetType = msgspec.UNSET
 
     def changes(self) -> dict[str, Any]:
         changes = {
@@ -66,7 +68,7 @@ class PoolPatch(msgspec.Struct, forbid_unknown_fields=True):
         }
         if not changes:
             raise InvalidMessage(
-                "give at least one of rate, burst, concurrency, paused", pointer=""
+                "give at least one of rate, burst, concurrency, paused, circuit", pointer=""
             )
         return changes
 

@@ -115,7 +115,7 @@ ROUTES = (
         "/v1/pools/{name}",
         operations.patch_pool,
         "operate",
-        "Throttle, resize, pause or resume a pool (at once, persisted, audited)",
+        "Throttle, resize, pause or resume a pool, or open or close its circuit (audited)",
         request={JSON: PoolPatch},
         replies=_ok(PoolInfo),
         errors=(*_BODY_ERRORS, 404),

@@ -156,7 +156,13 @@ class PoolList(msgspec.Struct):
 
 
 def pool_view(info: PoolInfo) -> PoolInfo:
-    return msgspec.structs.replace(info, oldest_age_seconds=round(info.oldest_age_seconds, 3))
+    half_open_in = info.half_open_in_seconds
+    return msgspec.structs.replace(
+        info,
+        oldest_age_seconds=round(info.oldest_age_seconds, 3),
+        hold_seconds=round(info.hold_seconds, 3),
+        half_open_in_seconds=None if half_open_in is None else round(half_open_in, 3),
+    )
 
 
 class DlqItem(msgspec.Struct):

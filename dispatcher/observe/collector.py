@@ -45,6 +45,12 @@ class LivePool(Protocol):
     @property
     def concurrency(self) -> int: ...
     @property
+    def limit(self) -> int: ...
+    @property
+    def circuit_state(self) -> int: ...
+    @property
+    def circuit_opened(self) -> int: ...
+    @property
     def rate(self) -> float | None: ...
     @property
     def paused(self) -> bool: ...
@@ -157,7 +163,11 @@ class DispatcherCollector(Collector):
             "Age of the oldest undelivered message (0 if none).",
         )
         dlq = Family("dispatcher_dlq_messages", "gauge", "Jobs in the DLQ.")
-        limit = Family("dispatcher_pool_concurrency_limit", "gauge", "Max attempts in flight.")
+        limit = Family(
+            "dispatcher_pool_concurrency_limit",
+            "gauge",
+            "Max attempts in flight (the effective limit, adaptive or configured).",
+        )
         busy = Family("dispatcher_pool_busy_workers", "gauge", "Attempts in flight now.")
         rate = Family(
             "dispatcher_pool_rate_limit", "gauge", "Deliveries per second (0 = unlimited)."
@@ -168,6 +178,8 @@ class DispatcherCollector(Collector):
             "counter",
             "Time workers waited for rate-limit tokens.",
         )
+        circuit = Family("dispatcher_pool_circuit_state", "gauge", "0 closed, 1 half-open, 2 open.")
+        opened = Family("dispatcher_circuit_opened", "counter", "Times the circuit opened.")
         infos = self.snapshot.infos
         pools = self._source.pools
         for name, config in self._configs.items():
@@ -180,18 +192,22 @@ class DispatcherCollector(Collector):
             oldest.add(labels, info.oldest_age_seconds if info else 0)
             dlq.add(labels, info.dlq if info else 0)
             if pool is not None:  # live attributes, exact at scrape time
-                limit.add(labels, pool.concurrency)
+                limit.add(labels, pool.limit)
                 busy.add(labels, pool.busy)
                 rate.add(labels, pool.rate or 0)
                 paused.add(labels, 1 if pool.paused else 0)
                 waited.add(labels, pool.rate_wait_seconds, "_total")
+                circuit.add(labels, pool.circuit_state)
+                opened.add(labels, pool.circuit_opened, "_total")
             else:  # before start: the configured values
                 limit.add(labels, config.concurrency)
                 busy.add(labels, 0)
                 rate.add(labels, config.rate or 0)
                 paused.add(labels, 0)
                 waited.add(labels, 0.0, "_total")
-        return [backlog, oldest, dlq, limit, busy, rate, paused, waited]
+                circuit.add(labels, 0)  # every process starts closed
+                opened.add(labels, 0, "_total")
+        return [backlog, oldest, dlq, limit, busy, rate, paused, waited, circuit, opened]
 
 
 def _histogram(family: Family, labels: LabelSet, h: FastHistogram) -> None:

@@ -2,8 +2,10 @@
 
 A sink makes one attempt and classifies it; it never retries by itself (the pool owns retries
 and timeouts). Returning means success. Raising `errors.Retry` or `errors.Permanent` says how
-it failed (with an optional `retry_after`); any other exception is a retryable failure whose
-text becomes the attempt's error. Timeouts are enforced by the pool by cancelling `deliver`.
+it failed (with an optional `retry_after`); `errors.Overloaded`, a Retry, says the receiver
+itself is overloaded, which the pool acts on as a whole (it holds for the Retry-After, an
+adaptive pool sends less). Any other exception is a retryable failure whose text becomes
+the attempt's error. Timeouts are enforced by the pool by cancelling `deliver`.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ type, then the headers of the delivery contract (``webhook-*``, ``dispatcher-*``
 
 Outcome: 2xx success; 408, 429 and 5xx retried (``Retry-After`` honoured); 3xx (redirects are
 never followed) and other 4xx permanent; connection and DNS errors retried; a target the SSRF
-guard refuses permanent. The sink never retries by itself.
+guard refuses permanent. The sink never retries by itself. A 429 or 503 is the receiver
+saying it is overloaded (`Overloaded`): the sink only says so, with its Retry-After, and the
+pool decides what that means for the pool as a whole (a hold, a lower concurrency).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from ..config import WebhookSinkConfig
-from ..errors import ConfigError, Permanent, Retry
+from ..errors import ConfigError, Overloaded, Permanent, Retry
 from ..message import Job, Message
 from ..signing import Signer
 from ..ssrf import AddressRefused, ip_literal
@@ -33,6 +35,7 @@ ERROR_TEXT_CHARS = 200
 _KEEP_BYTES = 2048  # of a response body, for the error text
 _DRAIN_BYTES = 65536  # read up to this much so the connection can be reused
 _RETRY_STATUSES = frozenset({408, 429})
+_OVERLOADED_STATUSES = frozenset({429, 503})
 _PROTECTED = ("webhook-", "dispatcher-")
 
 
@@ -154,7 +157,8 @@ class WebhookSink(Sink):
             raise Permanent(f"HTTP {status}: redirect not followed (3xx)")
         if status in _RETRY_STATUSES or status >= 500:
             retry_after = parse_retry_after(retry_after_header, self._clock())
-            raise Retry(error, retry_after=retry_after)
+            signal = Overloaded if status in _OVERLOADED_STATUSES else Retry
+            raise signal(error, retry_after=retry_after)
         raise Permanent(error)
 
 

@@ -52,6 +52,8 @@ CONTRACT: dict[str, tuple[str, tuple[str, ...]]] = {
     "dispatcher_event_loop_lag_seconds": ("histogram", ()),
     "dispatcher_threads": ("gauge", ()),
     "dispatcher_store_operation_duration_seconds": ("histogram", ("operation",)),
+    "dispatcher_pool_circuit_state": ("gauge", ("pool",)),
+    "dispatcher_circuit_opened_total": ("counter", ("pool",)),
     "dispatcher_http_requests_total": ("counter", ("handler", "method", "code")),
 }
 

@@ -32,6 +32,7 @@ class Receiver:
     script: Callable[[str, int], Any] | None = None
     delay: float = 0.0
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    counts: dict[str, int] = field(default_factory=dict)  # requests so far, per path
 
     def on(self, path: str) -> list[Received]:
         return [r for r in self.requests if r.path == path]
@@ -40,13 +41,13 @@ class Receiver:
         name = request.match_info["name"]
         body = await request.read()
         self.requests.append(Received(name, body, dict(request.headers), time.monotonic()))
+        n = self.counts[name] = self.counts.get(name, 0) + 1
         self.arrived.set()
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             if self.delay:
                 await asyncio.sleep(self.delay)
-            n = len(self.on(name))
             answer = self.script(name, n) if self.script else 200
             if isinstance(answer, web.StreamResponse):
                 return answer
@@ -82,3 +83,41 @@ async def receiver(factory: Callable[[], R] = Receiver) -> AsyncIterator[R]:
         yield rec
     finally:
         await runner.cleanup()
+
+
+@dataclass
+class Answered:
+    at: float  # monotonic, on arrival
+    status: int
+    took: float  # seconds to the answer
+
+
+@dataclass
+class Capacity(Receiver):
+    """A receiver that takes `capacity` requests at once, each for `delay` seconds, and
+    answers 503 at once to any request above that; `down` answers every request 503 at once.
+    Every answer is kept in `answered` (with its arrival time) as it is given."""
+
+    capacity: int = 1_000_000
+    down: bool = False
+    answered: list[Answered] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        started = time.monotonic()
+        self.arrived.set()
+        if self.down or self.in_flight >= self.capacity:
+            self.answered.append(Answered(started, 503, 0.0))
+            return web.Response(status=503)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+        finally:
+            self.in_flight -= 1
+        self.answered.append(Answered(started, 200, time.monotonic() - started))
+        return web.Response(status=200)
+
+    def since(self, start: float) -> list[Answered]:
+        return [a for a in self.answered if a.at >= start]
