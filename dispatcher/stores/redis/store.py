@@ -6,18 +6,15 @@ import logging
 import math
 import os
 import socket
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 import msgspec
-from redis.exceptions import NoScriptError, RedisError
 
-from ...errors import IdConflict, PartlyDone, StoreError
+from ...errors import IdConflict, StoreError
 from ...message import (
     AuditEntry,
     Completion,
-    DeadReason,
     DlqEntry,
     DlqFilter,
     Job,
@@ -30,24 +27,19 @@ from ..base import (
     Claim,
     SessionStore,
     Store,
-    contains_ci,
-    format_dlq_cursor,
-    parse_dlq_cursor,
     require_pools,
 )
-from . import codec, scripts
+from . import codec
 from .codec import Meta, member, number
 from .connect import connect, durability
+from .dlq import CHUNK, DeadLetters
 from .keys import Keys
+from .runner import ERRORS, Runner
 
 log = logging.getLogger("dispatcher.store.redis")
 
 _NUMBERS: Final = 4096  # job numbers taken from `{prefix}:seq` at a time
 _PROMOTE: Final = 1000  # due scheduled (or lease-expired) jobs a claim moves back at most
-_CHUNK: Final = 1000  # jobs per script call of a bulk operation (DLQ, expiry)
-_PAGE: Final = 200  # DLQ entries read per round trip while filtering
-
-_ERRORS = (RedisError, OSError)
 
 
 class RedisStore(Store):
@@ -68,11 +60,10 @@ class RedisStore(Store):
         #: restarted process takes its own claims back at once instead of after the lease
         self.consumer = consumer or f"{socket.gethostname()}:{os.getpid()}"
         self._durable = False
-        self._client: Any = None
-        self._open = False
+        self._run = Runner(self.keys)
+        self._dlq = DeadLetters(self._run)
         self._numbers = range(0)
         self._known_pools: set[str] = set()
-        self._shas: dict[str, str] = {}
         self._rates: dict[str, tuple[float, int]] = {}
 
     @property
@@ -95,100 +86,46 @@ class RedisStore(Store):
 
     # --- lifecycle -----------------------------------------------------------------------
     async def open(self) -> int:
+        run = self._run
         try:
-            self._client = await connect(self.url)
-            self._durable, why = await durability(self._client)
+            run.client = await connect(self.url)
+            self._durable, why = await durability(run.client)
             if not self._durable:
                 log.warning("redis: an acknowledged message can be lost: %s", why)
-            await self._load_scripts()
-            self._open = True
+            await run.load_scripts()
+            run.open = True
             requeued = 0
-            for pool in await self._pools():
-                requeued += int(await self._call("release", pool, [self.consumer]))
+            for pool in await self._run.pools():
+                requeued += int(await self._run.call("release", pool, [self.consumer]))
             return requeued
-        except _ERRORS as exc:
+        except ERRORS as exc:
             await self._drop_client()
             raise StoreError(f"redis: {exc}") from exc
 
     async def close(self) -> None:
-        self._open = False
+        self._run.open = False
         await self._drop_client()
 
     async def _drop_client(self) -> None:
-        client, self._client = self._client, None
+        client, self._run.client = self._run.client, None
         if client is not None:
             await client.aclose()
 
     async def ping(self) -> bool:
-        if not self._open:
+        if not self._run.open:
             return False
         try:
-            return bool(await self._client.ping())
-        except _ERRORS:
+            return bool(await self._run.client.ping())
+        except ERRORS:
             return False
 
     # --- plumbing ------------------------------------------------------------------------
-    def _check(self) -> None:
-        if not self._open:
-            raise StoreError("the redis store is not open")
-
-    @asynccontextmanager
-    async def _io(self) -> AsyncIterator[Any]:
-        """The client, with every Redis or socket error turned into a StoreError (the API
-        answers 503 and Retry-After; redis-py reconnects on the next command)."""
-        self._check()
-        try:
-            yield self._client
-        except _ERRORS as exc:
-            raise StoreError(f"redis: {exc}") from exc
-
-    async def _load_scripts(self) -> None:
-        for name, source in scripts.ALL.items():
-            self._shas[name] = await self._client.script_load(source)
-
-    async def _call(self, script: str, pool: str, args: Sequence[Any]) -> Any:
-        """Run one script on one pool's keys."""
-        return (await self._many([(script, pool, args)]))[0]
-
-    async def _many(self, calls: Sequence[tuple[str, str, Sequence[Any]]]) -> list[Any]:
-        """Run scripts in one round trip (a pipeline, not a transaction: each script is
-        atomic on its own). A server that lost its script cache (a restart) gets them
-        loaded again and the calls that found none are run again: they did nothing."""
-        async with self._io() as client:
-            results: list[Any] = [None] * len(calls)
-            todo = list(range(len(calls)))
-            for _ in range(2):
-                pipe = client.pipeline(transaction=False)
-                for i in todo:
-                    name, pool, args = calls[i]
-                    tag, keys = self.keys.pool(pool)
-                    pipe.evalsha(self._shas[name], len(keys), *keys, tag, *args)
-                answers = await pipe.execute(raise_on_error=False)
-                missing = []
-                for i, answer in zip(todo, answers, strict=True):
-                    if isinstance(answer, NoScriptError):
-                        missing.append(i)
-                    elif isinstance(answer, Exception):
-                        raise answer
-                    else:
-                        results[i] = answer
-                if not missing:
-                    return results
-                await self._load_scripts()
-                todo = missing
-            raise StoreError("redis: the scripts could not be loaded")
-
-    async def _pools(self) -> list[str]:
-        async with self._io() as client:
-            names = await client.smembers(self.keys.pools)
-        return sorted(n.decode() for n in names)
-
     async def _take_numbers(self, n: int) -> Iterable[int]:
         """Job numbers, unique across processes: a block from the shared counter at a time."""
         numbers = self._numbers
         if len(numbers) < n:
             take = max(n, _NUMBERS)
-            async with self._io() as client:
+            async with self._run.io() as client:
                 end = int(await client.incrby(self.keys.seq, take))
             numbers = range(end - take + 1, end + 1)
         self._numbers = numbers[n:]
@@ -197,7 +134,7 @@ class RedisStore(Store):
     # --- the hot path --------------------------------------------------------------------
     async def enqueue(self, batch: Sequence[NewMessage]) -> list[bool]:
         require_pools(batch)
-        self._check()
+        self._run.check()
         first: dict[str, bytes | None] = {}
         repeat: list[bool] = []
         for index, new in enumerate(batch):
@@ -240,7 +177,7 @@ class RedisStore(Store):
 
         new_pools = [p for p in args if p not in self._known_pools]
         if new_pools:
-            async with self._io() as client:
+            async with self._run.io() as client:
                 await client.sadd(self.keys.pools, *new_pools)
             self._known_pools.update(new_pools)
 
@@ -252,18 +189,20 @@ class RedisStore(Store):
 
         if digests and len(args) > 1:
             # Refuse a conflicting id before any pool writes: a batch is all or nothing.
-            refuse_conflicts(await self._many([("enqueue", p, ["c", *a]) for p, a in args.items()]))
-        answers = await self._many([("enqueue", p, ["w", *a]) for p, a in args.items()])
+            refuse_conflicts(
+                await self._run.many([("enqueue", p, ["c", *a]) for p, a in args.items()])
+            )
+        answers = await self._run.many([("enqueue", p, ["w", *a]) for p, a in args.items()])
         refuse_conflicts(answers)
         by_pool = dict(zip(args, answers, strict=True))
         return [at is not None and by_pool[at[0]][at[1]] == 1 for at in answer_at]
 
     async def claim(self, pool: str, limit: int, now: float) -> Claim:
         if limit <= 0:
-            self._check()
+            self._run.check()
             return Claim([], None)
         rate, burst = self._rates.get(pool, (0.0, 1))
-        next_at, rows, dry = await self._call(
+        next_at, rows, dry = await self._run.call(
             "claim",
             pool,
             [number(now), limit, self.consumer, number(self.lease), _PROMOTE, number(rate), burst],
@@ -303,8 +242,8 @@ class RedisStore(Store):
                 (key, claims, fate, float(when), reason, a.error, len(blob))
             )
             blobs.setdefault(c.job.pool, []).append(blob)
-        self._check()
-        await self._many(
+        self._run.check()
+        await self._run.many(
             [("complete", p, [codec.encode(rs), b"".join(blobs[p])]) for p, rs in records.items()]
         )
 
@@ -312,13 +251,13 @@ class RedisStore(Store):
         args: dict[str, list[Any]] = {}
         for job in jobs:
             args.setdefault(job.pool, []).extend(codec.split_key(job.key))
-        self._check()
-        await self._many([("release", p, ["", *a]) for p, a in args.items()])
+        self._run.check()
+        await self._run.many([("release", p, ["", *a]) for p, a in args.items()])
 
     # --- reads ---------------------------------------------------------------------------
     async def get_message(self, message_id: str) -> MessageStatus | None:
-        pools = await self._pools()
-        answers = await self._many([("status", p, [message_id]) for p in pools])
+        pools = await self._run.pools()
+        answers = await self._run.many([("status", p, [message_id]) for p in pools])
         found = []
         for pool, (row,) in zip(pools, answers, strict=True):
             if row is not None:
@@ -342,8 +281,8 @@ class RedisStore(Store):
         return MessageStatus(message=codec.message(found[0][3]), jobs=statuses)
 
     async def counts(self, now: float) -> dict[str, PoolCounts]:
-        pools = await self._pools()
-        answers = await self._many([("counts", p, [number(now)]) for p in pools])
+        pools = await self._run.pools()
+        answers = await self._run.many([("counts", p, [number(now)]) for p in pools])
         out: dict[str, PoolCounts] = {}
         for pool, (ready, scheduled, claimed, dead, oldest) in zip(pools, answers, strict=True):
             if ready or scheduled or claimed or dead:
@@ -352,158 +291,46 @@ class RedisStore(Store):
         return out
 
     # --- dead-letter queue ---------------------------------------------------------------
-    async def _dead(
-        self, pool: str, sel: DlqFilter, before: tuple[float, int] | None, most: int | None
-    ) -> list[tuple[float, int, Meta, bytes]]:
-        """Matching dead jobs of one pool, newest failure first, (failed_at, number) below
-        `before`; at most `most` (None: all)."""
-        ids = set(sel.ids) if sel.ids is not None else None
-        out: list[tuple[float, int, Meta, bytes]] = []
-        top = "+inf" if before is None else number(before[0])
-        skip = 0  # entries scored `top` already read
-        while True:
-            rows = await self._call("dead_page", pool, [top, skip, _PAGE])
-            for key, score, raw, blob in rows:
-                at, n = float(score), codec.number_of(key)
-                if before is not None and (at, n) >= before:
-                    continue
-                if sel.since is not None and at < sel.since:
-                    return out
-                meta = Meta(raw)
-                if sel.error is not None and not contains_ci(meta.error, sel.error):
-                    continue
-                if ids is not None or sel.tag is not None:
-                    m = codec.message(blob)
-                    if (ids is not None and m.id not in ids) or (
-                        sel.tag is not None and m.tag != sel.tag
-                    ):
-                        continue
-                out.append((at, n, meta, blob))
-                if most is not None and len(out) >= most:
-                    return out
-            if len(rows) < _PAGE:
-                return out
-            # The next page starts at the last score read, past the entries of that score
-            # already read (Redis prints a score the same way every time).
-            last = rows[-1][1].decode()
-            equal = sum(1 for r in rows if r[1] == rows[-1][1])
-            skip = skip + equal if last == top else equal
-            top = last
-
-    async def _dead_all(
-        self, sel: DlqFilter, before: tuple[float, int] | None = None, most: int | None = None
-    ) -> list[tuple[float, int, str, Meta, bytes]]:
-        """Matching dead jobs of every pool (or the selected one), newest failure first."""
-        pools = [sel.pool] if sel.pool is not None else await self._pools()
-        found = [
-            (at, n, pool, meta, blob)
-            for pool in pools
-            for at, n, meta, blob in await self._dead(pool, sel, before, most)
-        ]
-        found.sort(key=lambda f: (f[0], f[1]), reverse=True)
-        return found if most is None else found[:most]
-
     async def dlq_list(
         self, selector: DlqFilter, limit: int, cursor: str | None = None
     ) -> tuple[list[DlqEntry], str | None]:
-        before = None if cursor is None else parse_dlq_cursor(cursor)
-        limit = max(limit, 0)
-        found = await self._dead_all(selector, before, limit + 1)
-        page = found[:limit]
-        entries = [
-            DlqEntry(
-                message=codec.message(blob),
-                pool=pool,
-                attempts=meta.attempts,
-                error=meta.error,
-                failed_at=at,
-                reason=meta.reason or DeadReason.MAX_ATTEMPTS,
-            )
-            for at, _, pool, meta, blob in page
-        ]
-        more = len(found) > len(page) and page
-        return entries, (format_dlq_cursor(page[-1][0], page[-1][1]) if more else None)
+        return await self._dlq.page(selector, limit, cursor)
 
     async def dlq_count(self, selector: DlqFilter) -> int:
-        sel = selector
-        if sel.ids is None and sel.tag is None and sel.error is None:
-            # By pool and time alone: counted by the server, not read entry by entry.
-            pools = [sel.pool] if sel.pool is not None else await self._pools()
-            low = "-inf" if sel.since is None else number(sel.since)
-            async with self._io() as client:
-                pipe = client.pipeline(transaction=False)
-                for pool in pools:
-                    pipe.zcount(self.keys.of(pool, "dlq"), low, "+inf")
-                return sum(await pipe.execute())
-        return len(await self._dead_all(selector))
+        return await self._dlq.count(selector)
 
     async def dlq_replay(
         self, selector: DlqFilter, now: float, interval: float = 0.0
     ) -> dict[str, int]:
-        found = await self._dead_all(selector)
-        found.reverse()  # oldest failure first: the k-th is due at now + k * interval
-        plan = [
-            (pool, member(n), number(now + k * interval))
-            for k, (_, n, pool, _, _) in enumerate(found)
-        ]
-        return await self._in_chunks("replay", [(p, (m, at)) for p, m, at in plan], [number(now)])
+        return await self._dlq.replay(selector, now, interval)
 
     async def dlq_purge(self, selector: DlqFilter) -> dict[str, int]:
-        found = await self._dead_all(selector)
-        return await self._in_chunks(
-            "purge", [(pool, (member(n),)) for _, n, pool, _, _ in found], []
-        )
-
-    async def _in_chunks(
-        self, script: str, items: Sequence[tuple[str, tuple[str, ...]]], head: list[Any]
-    ) -> dict[str, int]:
-        """Run a bulk script over `items` (pool, args) a chunk at a time; a failure after
-        some chunks raises PartlyDone with what they did."""
-        done: dict[str, int] = {}
-        by_pool: dict[str, list[str]] = {}
-        for pool, item in items:
-            by_pool.setdefault(pool, []).extend(item)
-        for pool, args in by_pool.items():
-            width = len(items[0][1])
-            for start in range(0, len(args), _CHUNK * width):
-                try:
-                    n = int(
-                        await self._call(
-                            script, pool, [*head, *args[start : start + _CHUNK * width]]
-                        )
-                    )
-                except StoreError as exc:
-                    if done:
-                        raise PartlyDone(exc, done) from exc
-                    raise
-                if n:
-                    done[pool] = done.get(pool, 0) + n
-        return done
+        return await self._dlq.purge(selector)
 
     # --- housekeeping, settings, audit ---------------------------------------------------
     async def expire(self, delivered_before: float, ids_before: float | None = None) -> int:
         ids_cutoff = delivered_before if ids_before is None else ids_before
-        args = [number(delivered_before), number(ids_cutoff), _CHUNK]
+        args = [number(delivered_before), number(ids_cutoff), CHUNK]
         total = 0
-        for pool in await self._pools():
+        for pool in await self._run.pools():
             while True:
-                jobs, ids = await self._call("expire", pool, args)
+                jobs, ids = await self._run.call("expire", pool, args)
                 total += int(jobs)
-                if jobs < _CHUNK and ids < _CHUNK:
+                if jobs < CHUNK and ids < CHUNK:
                     break
         return total
 
     async def load_pool_settings(self) -> dict[str, dict[str, object]]:
-        async with self._io() as client:
+        async with self._run.io() as client:
             raw = await client.hgetall(self.keys.settings)
         return {k.decode(): msgspec.json.decode(v) for k, v in raw.items()}
 
     async def save_pool_settings(self, pool: str, settings: Mapping[str, object]) -> None:
-        async with self._io() as client:
+        async with self._run.io() as client:
             await client.hset(self.keys.settings, pool, msgspec.json.encode(dict(settings)))
 
     async def audit(self, entry: AuditEntry) -> None:
-        async with self._io() as client:
+        async with self._run.io() as client:
             await client.xadd(self.keys.audit, {"e": msgspec.json.encode(entry)})
 
     async def audit_list(
@@ -511,7 +338,7 @@ class RedisStore(Store):
     ) -> tuple[list[AuditEntry], str | None]:
         limit = max(limit, 0)
         top = "+" if cursor is None else "(" + cursor
-        async with self._io() as client:
+        async with self._run.io() as client:
             rows = await client.xrevrange(self.keys.audit, top, "-", count=limit + 1)
         page = rows[:limit]
         entries = [msgspec.json.decode(fields[b"e"], type=AuditEntry) for _, fields in page]
@@ -520,14 +347,14 @@ class RedisStore(Store):
 
     # --- console sessions ----------------------------------------------------------------
     async def load_session(self, session_id: str) -> bytes | None:
-        async with self._io() as client:
+        async with self._run.io() as client:
             data: bytes | None = await client.get(self.keys.session(session_id))
         return data
 
     async def save_session(self, session_id: str, data: bytes, ttl: float) -> None:
-        async with self._io() as client:
+        async with self._run.io() as client:
             await client.set(self.keys.session(session_id), data, px=int(ttl * 1000))
 
     async def drop_session(self, session_id: str) -> None:
-        async with self._io() as client:
+        async with self._run.io() as client:
             await client.delete(self.keys.session(session_id))
