@@ -2,15 +2,15 @@
 
 Its public methods are the one way in for every edge: the HTTP API, the console and the CLI
 call the same `publish`, `pool`, `update_pool`, `dlq_*` methods, so they cannot drift apart.
-It keeps the lifecycle, ingest (route a batch, commit it) and the status reads, and hands the
-rest to its parts: `admission` (room in a pool's backlog, Retry-After), `actions` (operator
-changes and their audit log) and `housekeeping` (free disk space, expiry).
+It keeps the lifecycle and the status reads, and hands the rest to its parts: `publisher`
+(ingest: route, admit, commit), `admission` (room in a pool's backlog, Retry-After),
+`actions` (operator changes and their audit log) and `housekeeping` (free disk space,
+expiry).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import math
 import os
@@ -27,7 +27,7 @@ from .actions import Actions, apply_overrides, overrides_of
 from .admission import Admission
 from .circuit import CircuitState
 from .config import Settings
-from .errors import IdConflict, NotFound, StoreError, Unavailable, Unroutable
+from .errors import NotFound, Rejected, StoreError, Unavailable
 from .following import SettingsFollower
 from .housekeeping import Housekeeper
 from .message import (
@@ -37,9 +37,7 @@ from .message import (
     DlqEntry,
     DlqFilter,
     IdGenerator,
-    Message,
     MessageStatus,
-    NewMessage,
     PoolCounts,
     PoolInfo,
     Publish,
@@ -49,6 +47,7 @@ from .observe.logs import LogContextMiddleware
 from .observe.metrics import STORE_OPERATIONS, Metrics
 from .observe.tracing import Tracing
 from .pool import Pool
+from .publisher import Publisher
 from .routing import Router
 from .sinks import SinkContext, build_sink
 from .sinks.base import Sink
@@ -124,6 +123,17 @@ class Dispatcher:
         )
         self._housekeeper = Housekeeper(self.store, settings.store, clock)
         self._follower = SettingsFollower(self.store, self._follow)
+        self._publisher = Publisher(
+            self.store,
+            self.router,
+            self.pools,
+            self._admission,
+            self.metrics if observability else None,
+            dedup_window=settings.store.dedup_window,
+            clock=clock,
+            ids=self._ids,
+            check_open=self._check_ingest,
+        )
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -216,71 +226,24 @@ class Dispatcher:
         except StoreError:
             return False
 
-    # --- ingest --------------------------------------------------------------------------
+    # --- ingest (publisher.py) ------------------------------------------------------------
     async def publish(self, items: Sequence[Publish]) -> list[Accepted]:
-        """Route, check capacity and commit `items` all-or-nothing (see `_publish`); traced
-        with a PRODUCER span per message when a tracer provider records."""
+        """Route, check capacity and commit `items` all-or-nothing (Publisher.publish_all);
+        traced with a PRODUCER span per message when a tracer provider records."""
         if self.tracing.live:
-            return await self.tracing.traced_publish(self._publish, items)
-        return await self._publish(items)
+            return await self.tracing.traced_publish(self._publisher.publish_all, items)
+        return await self._publisher.publish_all(items)
 
-    async def _publish(self, items: Sequence[Publish]) -> list[Accepted]:
-        """Route, check capacity and commit `items` all-or-nothing. Returns when durable.
+    async def publish_each(self, items: Sequence[Publish]) -> list[Accepted | Rejected]:
+        """Commit single messages of independent producers together, each answered as if
+        it came alone (Publisher.publish_each). Not traced here: each producer starts its
+        PRODUCER span in its own context (Tracing.start_send), where its parent is current."""
+        return await self._publisher.publish_each(items)
 
-        Raises Unroutable (no route for a tag), BacklogFull (a pool is full) or Unavailable
-        (draining, disk nearly full, store down); then nothing was stored.
-        """
+    def _check_ingest(self) -> None:
         self._check_open()
         if self._housekeeper.disk_low:
             raise Unavailable("free disk space is below store.min_free_bytes", retry_after=30.0)
-        now = self._clock()
-        route = self.router.route
-        dedup_window = self.settings.store.dedup_window
-        ids = self._ids.many(len(items))
-        batch: list[NewMessage] = []
-        per_route: dict[tuple[str, ...], int] = {}  # count per distinct pool tuple, not per pool
-        for index, item in enumerate(items):
-            pools = route(item.tag)
-            if not pools:
-                pointer = "/tag" if len(items) == 1 else f"/{index}/tag"
-                raise Unroutable(f"no route matches tag {item.tag!r}", pointer=pointer)
-            per_route[pools] = per_route.get(pools, 0) + 1
-            message = Message(
-                item.id or ids[index],
-                item.tag,
-                item.payload,
-                now,
-                item.priority,
-                now + item.delay if item.delay > 0 else now,
-                item.headers,
-                item.trace,
-            )
-            if item.id is None:
-                batch.append(NewMessage(message, pools))
-            else:  # a producer's id: remembered for the dedup window, with a content digest
-                batch.append(NewMessage(message, pools, _digest(item), now + dedup_window))
-        admission = self._admission
-        wanted = admission.reserve_routes(per_route)
-        try:
-            stored = await self.store.enqueue(batch)
-        except StoreError as exc:
-            admission.cancel(wanted)
-            raise Unavailable(f"the store is unavailable: {exc}", retry_after=5.0) from exc
-        except IdConflict as exc:
-            admission.cancel(wanted)
-            exc.pointer = "/id" if len(items) == 1 else f"/{exc.index}/id"
-            raise
-        admission.committed(wanted)
-        results: list[Accepted] = []
-        for new, fresh in zip(batch, stored, strict=True):
-            if not fresh:
-                admission.release(dict.fromkeys(new.pools, 1))
-            results.append(Accepted(new.message.id, new.message.tag, new.pools, not fresh))
-        for pool in wanted:
-            self.pools[pool].notify()
-        if self._observe:
-            self.metrics.published(wanted, results)
-        return results
 
     @property
     def shared_sessions(self) -> SessionStore | None:
@@ -440,14 +403,6 @@ class Dispatcher:
         self, *, limit: int = 50, cursor: str | None = None
     ) -> tuple[list[AuditEntry], str | None]:
         return await self.store.audit_list(limit, cursor)
-
-
-def _digest(item: Publish) -> bytes:
-    """What makes a repeat of an id the same message: its tag and payload."""
-    h = hashlib.blake2b(item.tag.encode(), digest_size=16)
-    h.update(b"\x00")
-    h.update(item.payload)
-    return h.digest()
 
 
 def _consumer_name(port: int) -> str:

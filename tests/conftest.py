@@ -11,6 +11,9 @@ from typing import Any
 
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from dispatcher.app import create_app
 from tests.kit.api import api_settings
@@ -36,6 +39,15 @@ def require_service(name: str, reason: str) -> None:
     if IN_CI:
         pytest.fail(f"{name} is required in CI: {reason}")
     pytest.skip(f"{name} not available: {reason}")
+
+
+@pytest.fixture
+def exporter() -> tuple[TracerProvider, InMemorySpanExporter]:
+    """An SDK tracer provider recording every span in memory (pass it to the Dispatcher)."""
+    provider = TracerProvider()
+    memory = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    return provider, memory
 
 
 @pytest.fixture(params=["memory", "sqlite"])

@@ -1,45 +1,59 @@
-"""Single messages of concurrent requests are published together (api.Singles), yet every
-request gets the answer it would get alone: on the memory store and a real SQLite file."""
+"""Single messages of concurrent requests are published together (api.Singles): anonymous
+ones, producer ids and traced ones alike, yet every request gets the answer it would get
+alone, and its span stays its own: on the memory store and a real SQLite file."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind, StatusCode
 
 from dispatcher import Accepted, Dispatcher, Publish
 from dispatcher.app import create_app
-from dispatcher.errors import BacklogFull, Unroutable
+from dispatcher.errors import BacklogFull, IdConflict, Rejected, Unroutable
 from dispatcher.http.api import Singles
+from dispatcher.observe.tracing import context_from, traceparent_of
 
 from .kit.api import PRODUCE, READ, api_settings
 from .kit.run import running
 
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+
 
 @pytest.fixture(params=["memory", "sqlite"])
-async def dispatcher(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Dispatcher]:
-    async with running(Dispatcher(api_settings(request.param, tmp_path))) as d:
+def store(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def dispatcher(store: str, tmp_path: Path) -> AsyncIterator[Dispatcher]:
+    async with running(Dispatcher(api_settings(store, tmp_path))) as d:
         yield d
 
 
 def spy(dispatcher: Dispatcher) -> list[list[Publish]]:
-    """Every batch `dispatcher.publish` is called with, in order."""
+    """Every group `dispatcher.publish_each` is called with, in order."""
     calls: list[list[Publish]] = []
-    publish = dispatcher.publish
+    publish_each = dispatcher.publish_each
 
-    async def recorded(items: Sequence[Publish]) -> list[Accepted]:
+    async def recorded(items: Sequence[Publish]) -> list[Accepted | Rejected]:
         calls.append(list(items))
-        return await publish(items)
+        return await publish_each(items)
 
-    dispatcher.publish = recorded  # type: ignore[method-assign]
+    dispatcher.publish_each = recorded  # type: ignore[method-assign]
     return calls
 
 
 def item(tag: str, **kw: Any) -> Publish:
-    return Publish(tag=tag, payload=b'{"n": 1}', **kw)
+    kw.setdefault("payload", b'{"n": 1}')
+    return Publish(tag=tag, **kw)
 
 
 async def outcomes(singles: Singles, items: list[Publish]) -> list[Any]:
@@ -61,34 +75,40 @@ async def test_messages_that_arrive_together_are_one_publish(dispatcher: Dispatc
     assert again.id not in {r.id for r in results}
 
 
-async def test_a_refused_group_answers_every_request_alone(dispatcher: Dispatcher) -> None:
+async def test_refused_requests_get_their_own_answers_in_the_same_group(
+    dispatcher: Dispatcher,
+) -> None:
     await dispatcher.update_pool("tiny", actor="test", paused=True)  # max_backlog 2
     calls = spy(dispatcher)
     items = [item("tiny.a"), item("user.a"), item("nowhere.at.all"), item("tiny.b")]
     items += [item("tiny.c"), item("user.b")]
     results = await outcomes(Singles(dispatcher), items)
-    assert len(calls[0]) == 6  # refused as a whole, then one publish per request
-    assert sorted(len(c) for c in calls[1:]) == [1] * 6
-    tiny = [results[0], results[3], results[4]]
-    assert sum(isinstance(r, Accepted) for r in tiny) == 2
-    (full,) = [r for r in tiny if not isinstance(r, Accepted)]
-    assert isinstance(full, BacklogFull)
-    assert full.retry_after
-    assert isinstance(results[2], Unroutable)
+    assert [len(c) for c in calls] == [6]  # one publish; nobody is sent off to publish alone
+    # Backlog room goes in arrival order, as it would to requests served one by one.
+    assert [type(r) for r in results] == [
+        Accepted,
+        Accepted,
+        Unroutable,
+        Accepted,
+        BacklogFull,
+        Accepted,
+    ]
+    assert results[4].retry_after
     assert results[2].pointer == "/tag"
-    assert isinstance(results[1], Accepted)
-    assert isinstance(results[5], Accepted)
     assert (await dispatcher.pool_info("tiny")).backlog == 2
+    for r in results:
+        if isinstance(r, Accepted):
+            assert await dispatcher.get_message(r.id) is not None
 
 
-async def test_producer_ids_are_published_alone(dispatcher: Dispatcher) -> None:
+async def test_producer_ids_join_the_group(dispatcher: Dispatcher) -> None:
     calls = spy(dispatcher)
     results = await outcomes(
         Singles(dispatcher), [item("user.a", id="one"), item("user.a", id="one")]
     )
-    assert [len(c) for c in calls] == [1, 1]
+    assert [len(c) for c in calls] == [2]
     assert [r.id for r in results] == ["one", "one"]
-    assert sorted(r.duplicate for r in results) == [False, True]
+    assert [r.duplicate for r in results] == [False, True]
 
 
 async def test_a_request_that_left_is_not_published(dispatcher: Dispatcher) -> None:
@@ -103,6 +123,86 @@ async def test_a_request_that_left_is_not_published(dispatcher: Dispatcher) -> N
     assert [[i.tag for i in c] for c in calls] == [["tiny.kept"]]
     assert (await dispatcher.pool_info("tiny")).backlog == 1
     assert accepted.tag == "tiny.kept"
+
+
+#: (item, what it gets alone): the mixed group of the next test, in arrival order
+MIXED: list[tuple[Publish, Any]] = [
+    (item("user.a", id="fresh-1"), (202, "fresh-1")),
+    (item("user.a"), (202, None)),  # anonymous: an id of the dispatcher's
+    (item("user.a", id="old-1"), (200, "old-1")),  # a duplicate of an earlier request
+    (item("user.a", id="old-2", payload=b'"other"'), IdConflict),  # a conflict with one
+    (item("user.a", id="twin", payload=b'"x"'), (202, "twin")),
+    (item("user.a", id="twin", payload=b'"x"'), (200, "twin")),  # a duplicate in the group
+    (item("user.a", id="twin", payload=b'"y"'), IdConflict),  # a conflict in the group
+    (item("user.a", trace=PARENT), (202, None)),  # traced by its producer
+    (item("user.a", id="fresh-2", trace=PARENT), (202, "fresh-2")),
+    (item("nowhere.at.all", id="lost"), Unroutable),
+    (item("tiny.a", id="full"), BacklogFull),
+    (item("user.a", id="fresh-3"), (202, "fresh-3")),
+]
+
+
+async def test_a_mixed_group_answers_each_request_as_if_alone(
+    store: str, tmp_path: Path, exporter: Any
+) -> None:
+    provider, memory = exporter
+    dispatcher = Dispatcher(api_settings(store, tmp_path), tracer_provider=provider)
+    async with running(dispatcher):
+        for pool in ("email", "tiny"):  # what was stored stays to be counted; tiny: 2 at most
+            await dispatcher.update_pool(pool, actor="test", paused=True)
+        await dispatcher.publish([item("user.a", id="old-1"), item("user.a", id="old-2")])
+        await dispatcher.publish([item("tiny.a"), item("tiny.b")])
+        memory.clear()
+        calls = spy(dispatcher)
+        singles = Singles(dispatcher)
+        tracer = provider.get_tracer("test")
+
+        async def request(publish: Publish) -> tuple[ReadableSpan, Any]:
+            """As the HTTP edge runs it: inside the request's own SERVER span."""
+            parent = context_from(publish.trace)
+            with tracer.start_as_current_span("POST", parent, SpanKind.SERVER) as server:
+                try:
+                    return server, await singles.publish(publish)
+                except Rejected as exc:
+                    return server, exc
+
+        answers = await asyncio.gather(*(request(i) for i, _ in MIXED))
+        assert [len(c) for c in calls] == [len(MIXED)]  # one group, traced ones included
+
+        sends = {s.parent.span_id: s for s in memory.get_finished_spans() if s.parent}
+        sends = {k: s for k, s in sends.items() if s.kind is SpanKind.PRODUCER}
+        assert len(sends) == len(MIXED)
+        for (publish, alone), (server, answer) in zip(MIXED, answers, strict=True):
+            # Its PRODUCER span is a child of its own request's span, in that trace.
+            send = sends[server.context.span_id]
+            assert send.context.trace_id == server.context.trace_id
+            if publish.trace is not None:
+                assert f"{send.context.trace_id:032x}" == TRACE_ID
+            if isinstance(alone, type):
+                assert type(answer) is alone, (publish, answer)
+                assert answer.pointer == {IdConflict: "/id", Unroutable: "/tag"}.get(alone)
+                assert send.status.status_code is StatusCode.ERROR
+                continue
+            status, message_id = alone
+            assert isinstance(answer, Accepted), (publish, answer)
+            assert answer.duplicate == (status == 200)
+            assert answer.id == (message_id or answer.id)
+            assert send.attributes is not None
+            assert send.attributes["messaging.message.id"] == answer.id
+            stored = await dispatcher.get_message(answer.id)
+            assert stored is not None
+            if not answer.duplicate:  # stored as sent, in its own creation context
+                assert stored.message.payload == publish.payload
+                assert stored.message.trace == traceparent_of(send)  # type: ignore[arg-type]
+        # What the refused requests sent was not stored; the first of the twins was.
+        for message_id, payload in [("old-2", b'{"n": 1}'), ("twin", b'"x"')]:
+            stored = await dispatcher.get_message(message_id)
+            assert stored is not None
+            assert stored.message.payload == payload
+        assert await dispatcher.get_message("lost") is None
+        assert await dispatcher.get_message("full") is None
+        assert (await dispatcher.pool_info("tiny")).backlog == 2
+        assert (await dispatcher.pool_info("email")).backlog == 2 + 6
 
 
 async def test_concurrent_requests_get_their_own_answers(
@@ -126,3 +226,70 @@ async def test_concurrent_requests_get_their_own_answers(
         view = await (await client.get(r.headers["Location"], headers=READ)).json()
         assert view["payload"] == n
         assert view["id"] == a["id"]
+
+
+async def test_a_mixed_burst_over_http(
+    aiohttp_client: Any, store: str, tmp_path: Path, exporter: Any
+) -> None:
+    """The same mix as concurrent HTTP requests, Idempotency-Keys and CloudEvents among
+    them, with the SDK recording: whatever groups they formed, each answer is its own."""
+    provider, memory = exporter
+    settings = api_settings(store, tmp_path)
+    dispatcher = Dispatcher(settings, tracer_provider=provider)
+    client = await aiohttp_client(create_app(settings, dispatcher=dispatcher))
+    await dispatcher.update_pool("email", actor="test", paused=True)
+    await dispatcher.publish([item("user.a", id="old-1")])
+    memory.clear()
+
+    def post(body: Any, **headers: str) -> Any:
+        return client.post("/v1/messages", json=body, headers={**PRODUCE, **headers})
+
+    requests = [
+        post({"tag": "user.a", "payload": 1, "id": "fresh-1"}),
+        post({"tag": "user.a", "payload": 1}),
+        post({"tag": "user.a", "payload": {"n": 1}, "id": "old-1"}),
+        post({"tag": "user.a", "payload": {"n": 2}, "id": "old-1"}),
+        post({"tag": "user.a", "payload": 5}, **{"Idempotency-Key": "order 5"}),
+        post({"tag": "user.a", "payload": 1}, traceparent=PARENT),
+        post({"tag": "nowhere.at.all", "payload": 1, "id": "lost"}),
+        post({"tag": "user.a", "payload": "bad", "delay": -1, "id": "invalid"}),
+    ] + [post({"tag": "user.a", "payload": n % 2, "id": "twin"}) for n in range(6)]
+    responses = await asyncio.gather(*requests)
+    statuses = [r.status for r in responses]
+    bodies = [await r.json(content_type=None) for r in responses]
+    assert statuses[:8] == [202, 202, 200, 422, 202, 202, 422, 422]
+    assert bodies[2] == {**bodies[2], "id": "old-1", "duplicate": True}
+    assert bodies[3]["errors"][0]["pointer"] == "/id"
+    assert bodies[6]["errors"][0]["pointer"] == "/tag"
+    assert bodies[7]["errors"][0]["pointer"] == "/delay"
+    # The twins: whichever came first is stored; the same payload is its duplicate, the
+    # other a conflict.
+    twin = await dispatcher.get_message("twin")
+    assert twin is not None
+    first = json.loads(twin.message.payload)
+    twins = statuses[8:]
+    for n, status in enumerate(twins):
+        assert status in ((200, 202) if n % 2 == first else (422,)), twins
+    assert sorted(twins) == [200, 200, 202, 422, 422, 422]
+    for n in (0, 1, 4, 5):
+        stored = await dispatcher.get_message(bodies[n]["id"])
+        assert stored is not None
+        assert json.loads(stored.message.payload) == [1, 1, None, None, 5, 1][n]
+    assert await dispatcher.get_message("lost") is None
+    assert await dispatcher.get_message("invalid") is None
+    assert (await dispatcher.pool_info("email")).backlog == 1 + 5
+    # Every request's PRODUCER span is a child of its own SERVER span; the traced request
+    # continued its producer's trace.
+    finished = memory.get_finished_spans()
+    servers = [s for s in finished if s.kind is SpanKind.SERVER]
+    sends = [s for s in finished if s.kind is SpanKind.PRODUCER]
+    assert len(servers) == len(requests)
+    assert len(sends) == len(requests) - 1  # the invalid one never reached ingest
+    by_server = {s.context.span_id: s for s in servers}
+    for send in sends:
+        assert send.parent is not None
+        server = by_server[send.parent.span_id]
+        assert send.context.trace_id == server.context.trace_id
+        code = server.attributes["http.response.status_code"] if server.attributes else None
+        assert (send.status.status_code is StatusCode.ERROR) == (code == 422)
+    assert sum(f"{s.context.trace_id:032x}" == TRACE_ID for s in sends) == 1

@@ -12,7 +12,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from dispatcher.errors import StoreError
+from dispatcher.errors import IdConflict, StoreError
 from dispatcher.message import (
     Attempt,
     AuditEntry,
@@ -171,6 +171,97 @@ async def test_duplicate_ids_are_refused_across_and_within_batches(store: Store)
     assert sorted(ids(jobs)) == ["a", "b", "c"]
     assert next(j for j in jobs if j.message.id == "a").message.payload == b"first"
     assert await store.enqueue([]) == []
+
+
+def keyed(m_id: str, payload: bytes = b"{}", until: float = T0 + 100) -> NewMessage:
+    """A message with a producer id, remembered until `until`; its digest is its payload."""
+    return NewMessage(message(m_id, payload=payload), ("p",), payload, until)
+
+
+async def test_a_reused_id_with_other_content_conflicts_and_nothing_is_stored(
+    store: Store,
+) -> None:
+    assert await store.enqueue([keyed("a", b"1")]) == [True]
+    with pytest.raises(IdConflict) as held:
+        await store.enqueue([keyed("b", b"1"), keyed("a", b"2")])
+    assert (held.value.message_id, held.value.index) == ("a", 1)
+    with pytest.raises(IdConflict) as twins:
+        await store.enqueue([keyed("c", b"1"), keyed("c", b"2")])
+    assert (twins.value.message_id, twins.value.index) == ("c", 1)
+    assert await store.get_message("b") is None
+    assert await store.get_message("c") is None
+    assert await store.enqueue([keyed("a", b"1")]) == [False]
+    assert ids(await claim_all(store)) == ["a"]
+
+
+@pytest.mark.parametrize("implementation", ["backend", "default"])
+async def test_enqueue_each_answers_every_item_as_if_alone(
+    store: Store, implementation: str
+) -> None:
+    """Store.enqueue_each, the backend's own and the interface's default (which retries
+    `enqueue` without each conflicting item): the same answers, the same rows."""
+    enqueue_each = (
+        store.enqueue_each
+        if implementation == "backend"
+        else (lambda batch: Store.enqueue_each(store, batch))
+    )
+    await store.enqueue([keyed("old", b"1"), new_message("plain")])
+    answers = await enqueue_each(
+        [
+            keyed("new", b"1"),
+            new_message("anon"),
+            keyed("old", b"1"),  # a duplicate of an earlier message
+            keyed("old", b"2"),  # a conflict with it
+            keyed("twin", b"x"),
+            keyed("twin", b"x"),  # a duplicate within the batch
+            keyed("twin", b"y"),  # a conflict within the batch
+            new_message("plain"),  # an id the store holds, without a digest: a duplicate
+            keyed("late", b"2"),
+        ]
+    )
+    assert answers == [
+        True,
+        True,
+        False,
+        Conflict("old", 3),
+        True,
+        False,
+        Conflict("twin", 6),
+        False,
+        True,
+    ]
+    jobs = {j.message.id: j for j in await claim_all(store)}
+    assert sorted(jobs) == ["anon", "late", "new", "old", "plain", "twin"]
+    assert (jobs["old"].message.payload, jobs["twin"].message.payload) == (b"1", b"x")
+    # What was remembered is what was stored: the conflicts left no trace.
+    assert await enqueue_each([keyed("twin", b"x"), keyed("old", b"2"), keyed("fresh")]) == [
+        False,
+        Conflict("old", 1),
+        True,
+    ]
+    # A conflicting item never stands for its id, even first in the batch.
+    assert await enqueue_each([keyed("new", b"2"), keyed("new", b"1")]) == [
+        Conflict("new", 0),
+        False,
+    ]
+    assert await enqueue_each([]) == []
+
+
+class Conflict:
+    """Equal to an IdConflict of this id at this index."""
+
+    def __init__(self, message_id: str, index: int) -> None:
+        self.message_id = message_id
+        self.index = index
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, IdConflict) and (other.message_id, other.index) == (
+            self.message_id,
+            self.index,
+        )
+
+    def __repr__(self) -> str:
+        return f"IdConflict({self.message_id!r}, {self.index})"
 
 
 async def test_fan_out_makes_independent_jobs(store: Store) -> None:

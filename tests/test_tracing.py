@@ -6,10 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import pytest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
 from dispatcher.app import create_app
@@ -54,14 +51,6 @@ async def test_traceparent_reaches_the_webhook_without_an_sdk(
         await rec.wait_for(1)
         sent = rec.requests[0].headers["traceparent"]
         assert sent.split("-")[1] == TRACE_ID
-
-
-@pytest.fixture
-def exporter() -> tuple[TracerProvider, InMemorySpanExporter]:
-    provider = TracerProvider()
-    memory = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    return provider, memory
 
 
 def _one(spans: list[ReadableSpan], name: str) -> ReadableSpan:

@@ -30,13 +30,14 @@ class Singles:
     round trip, a savepoint in the writer), so 64 concurrent `POST /v1/messages` cost far
     less as one publish of 64. A group collects the requests whose handlers run in the same
     event-loop pass (those read in one poll) and is published on the next pass: one extra
-    pass of latency, nothing else.
+    pass of latency, nothing else. Every message joins: anonymous ones, producer ids and
+    Idempotency-Keys, traced ones.
 
-    The answers stay those of publishing alone. A group's publish is all-or-nothing, so if
-    it is refused (a tag no route matches, a full backlog, draining, the store down), every
-    request of it publishes alone again, concurrently, for its own answer; nothing of the
-    group was stored. Messages with a producer id (deduplicated, possibly conflicting) and
-    traced publishes (whose spans are children of their own request's span) never join.
+    The answers stay those of publishing alone (`Dispatcher.publish_each`): a duplicate is
+    a duplicate, a reused id its own 422, a refused message its own 4xx/429/503, and
+    nothing of one request depends on another's validity. A traced request's PRODUCER span
+    starts here, in the request's own context, so it is a child of that request's SERVER
+    span, whichever request's task publishes the group.
     """
 
     def __init__(self, dispatcher: Dispatcher, max_group: int = ingest.MAX_BATCH) -> None:
@@ -46,10 +47,19 @@ class Singles:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def publish(self, item: Publish) -> Accepted:
-        dispatcher = self._dispatcher
-        if item.id is not None or dispatcher.tracing.live:
-            (accepted,) = await dispatcher.publish([item])
-            return accepted
+        tracing = self._dispatcher.tracing
+        if not tracing.live:
+            return await self._join(item)
+        span, item = tracing.start_send(item)
+        try:
+            accepted = await self._join(item)
+        except BaseException as exc:
+            tracing.end_send(span, exc)
+            raise
+        tracing.end_send(span, accepted)
+        return accepted
+
+    def _join(self, item: Publish) -> asyncio.Future[Accepted]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Accepted] = loop.create_future()
         group = self._group
@@ -57,7 +67,7 @@ class Singles:
             group = self._group = []
             loop.call_soon(self._flush, group)
         group.append((item, future))
-        return await future
+        return future
 
     def _flush(self, group: list[tuple[Publish, asyncio.Future[Accepted]]]) -> None:
         if self._group is group:
@@ -72,30 +82,23 @@ class Singles:
         try:
             if not group:
                 return
-            if len(group) == 1:
-                await self._alone(*group[0])
-                return
             try:
-                results = await self._dispatcher.publish([item for item, _ in group])
-            except Exception:
-                await asyncio.gather(*(self._alone(item, future) for item, future in group))
+                results = await self._dispatcher.publish_each([item for item, _ in group])
+            except Exception as exc:  # ingest is closed to every message alike
+                for _, future in group:
+                    if not future.done():
+                        future.set_exception(exc)
                 return
-            for (_, future), accepted in zip(group, results, strict=True):
-                if not future.done():
-                    future.set_result(accepted)
+            for (_, future), result in zip(group, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, Accepted):
+                    future.set_result(result)
+                else:
+                    future.set_exception(result)
         finally:
             for _, future in group:  # cancelled at shutdown: nobody is left waiting
                 future.cancel()
-
-    async def _alone(self, item: Publish, future: asyncio.Future[Accepted]) -> None:
-        try:
-            (accepted,) = await self._dispatcher.publish([item])
-        except Exception as exc:
-            if not future.done():
-                future.set_exception(exc)
-        else:
-            if not future.done():
-                future.set_result(accepted)
 
     async def run(self, app: web.Application) -> AsyncIterator[None]:
         """The app's cleanup context: groups still publishing are awaited at shutdown."""

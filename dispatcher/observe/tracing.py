@@ -73,33 +73,26 @@ class Tracing:
     ) -> list[Accepted]:
         """`publish(items)` with a PRODUCER `send <tag>` span per message, whose context
         becomes the message's creation context (Message.trace)."""
-        spans = [self._start_send(item) for item in items]
-        traced = [
-            msgspec.structs.replace(item, trace=traceparent_of(span))
-            for item, span in zip(items, spans, strict=True)
-        ]
+        started = [self.start_send(item) for item in items]
         try:
-            results = await publish(traced)
+            results = await publish([item for _, item in started])
         except BaseException as exc:
-            for span in spans:
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-                span.set_attribute("error.type", getattr(exc, "reason", type(exc).__name__))
-                span.end()
+            for span, _ in started:
+                self.end_send(span, exc)
             raise
-        for span, accepted in zip(spans, results, strict=True):
-            span.set_attribute("messaging.message.id", accepted.id)
-            if accepted.duplicate:
-                span.set_attribute("dispatcher.duplicate", True)
-            span.end()
+        for (span, _), accepted in zip(started, results, strict=True):
+            self.end_send(span, accepted)
         return results
 
-    def _start_send(self, item: Publish) -> Span:
-        # A child of the current span (the request's SERVER span) if there is one, else of
-        # the producer's own traceparent (a Dispatcher used as a library).
+    def start_send(self, item: Publish) -> tuple[Span, Publish]:
+        """Start the PRODUCER `send <tag>` span of `item` and answer it with `item` carrying
+        the span's context as its creation context. A child of the current span (the
+        request's SERVER span) if there is one, else of the producer's own traceparent (a
+        Dispatcher used as a library); so call it in the context of the item's own request."""
         parent = None
         if not trace.get_current_span().get_span_context().is_valid:
             parent = context_from(item.trace)
-        return self.tracer.start_span(
+        span = self.tracer.start_span(
             f"send {item.tag}",
             context=parent,
             kind=SpanKind.PRODUCER,
@@ -111,6 +104,19 @@ class Tracing:
                 "messaging.message.body.size": len(item.payload),
             },
         )
+        return span, msgspec.structs.replace(item, trace=traceparent_of(span))
+
+    @staticmethod
+    def end_send(span: Span, outcome: Accepted | BaseException) -> None:
+        """End a span of `start_send` with what became of its message."""
+        if isinstance(outcome, BaseException):
+            span.set_status(Status(StatusCode.ERROR, type(outcome).__name__))
+            span.set_attribute("error.type", getattr(outcome, "reason", type(outcome).__name__))
+        else:
+            span.set_attribute("messaging.message.id", outcome.id)
+            if outcome.duplicate:
+                span.set_attribute("dispatcher.duplicate", True)
+        span.end()
 
 
 class _Attempt:

@@ -3,7 +3,9 @@
 Every backend keeps the same semantics, checked by one contract suite
 (tests/test_store_contract.py):
 
-- `enqueue` is durable when it returns: a 2xx to the producer is sent only after it.
+- `enqueue` is durable when it returns: a 2xx to the producer is sent only after it. It is
+  all-or-nothing (a batch request); `enqueue_each` commits single messages of independent
+  producers together, answering each item as if it came alone.
 - A job is QUEUED (ready, or scheduled when `available_at` is in the future), CLAIMED by a
   pool, DELIVERED (kept `retention` seconds for status look-ups) or DEAD (in the DLQ).
 - `claim` takes ready jobs of one pool, highest priority first, then oldest, marking them
@@ -21,8 +23,9 @@ import abc
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
+from ..errors import IdConflict
 from ..message import (
     AuditEntry,
     Completion,
@@ -145,6 +148,29 @@ class Store(abc.ABC):
         A message with a `digest` (a producer-given id) is remembered until `dedup_until`,
         even after it is delivered and expired; the same id with another digest in that
         window raises IdConflict (with the item's index) and nothing of `batch` is stored."""
+
+    async def enqueue_each(self, batch: Sequence[NewMessage]) -> list[bool | IdConflict]:
+        """`enqueue` for messages of independent producers (single messages committed
+        together): each item is answered as if enqueued alone. An item whose id conflicts
+        (as `enqueue` defines it) is answered with its IdConflict (`index`: its place in
+        `batch`) and nothing of it is stored; every other item is committed and answered
+        True or False as by `enqueue`. Conflicts never refuse the other items.
+
+        This default calls `enqueue` again without each conflicting item in turn: one more
+        round trip per conflict. A backend overrides it to settle every item in one."""
+        answers: list[bool | IdConflict | None] = [None] * len(batch)
+        waiting = list(range(len(batch)))
+        while waiting:
+            try:
+                stored = await self.enqueue([batch[i] for i in waiting])
+            except IdConflict as exc:
+                exc.index = waiting.pop(exc.index)
+                answers[exc.index] = exc
+                continue
+            for index, fresh in zip(waiting, stored, strict=True):
+                answers[index] = fresh
+            break
+        return cast(list[bool | IdConflict], answers)
 
     @abc.abstractmethod
     async def claim(self, pool: str, limit: int, now: float) -> Claim:

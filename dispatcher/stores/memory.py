@@ -26,7 +26,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -167,13 +167,25 @@ class MemoryStore(Store):
 
     # --- the hot path --------------------------------------------------------------------
     async def enqueue(self, batch: Sequence[NewMessage]) -> list[bool]:
+        # Without `each`, _known_ids raises IdConflict rather than answer one.
+        return cast(list[bool], self._enqueue(batch, each=False))
+
+    async def enqueue_each(self, batch: Sequence[NewMessage]) -> list[bool | IdConflict]:
+        return self._enqueue(batch, each=True)
+
+    def _enqueue(self, batch: Sequence[NewMessage], each: bool) -> list[bool | IdConflict]:
         self._check()
         require_pools(batch)
-        known = self._known_ids(batch)
+        conflicts: dict[int, IdConflict] = {}
+        known = self._known_ids(batch, conflicts if each else None)
         messages, all_jobs = self._messages, self._jobs
-        out: list[bool] = []
-        for new in batch:
+        out: list[bool | IdConflict] = []
+        for index, new in enumerate(batch):
             m = new.message
+            conflict = conflicts.get(index)
+            if conflict is not None:
+                out.append(conflict)
+                continue
             if m.id in messages or m.id in known:
                 out.append(False)
                 continue
@@ -197,9 +209,12 @@ class MemoryStore(Store):
                     self._push_ready(job)
         return out
 
-    def _known_ids(self, batch: Sequence[NewMessage]) -> set[str]:
-        """Ids remembered within their dedup window; IdConflict if one comes back (or
-        repeats within `batch`) with another digest. Nothing is written before this."""
+    def _known_ids(
+        self, batch: Sequence[NewMessage], conflicts: dict[int, IdConflict] | None
+    ) -> set[str]:
+        """Ids remembered within their dedup window. One that comes back (or repeats
+        within `batch`) with another digest raises IdConflict, or with `conflicts` is put
+        there by its index. Nothing is written before this."""
         known: set[str] = set()
         first: dict[str, bytes] = {}
         for index, new in enumerate(batch):
@@ -210,10 +225,18 @@ class MemoryStore(Store):
             if held is not None and held[1] > m.created_at:
                 known.add(m.id)
                 if held[0] != new.digest:
-                    raise IdConflict(m.id, index)
+                    self._conflict(m.id, index, conflicts)
+                    continue
+            # A conflicting item never becomes the `first` of its id: what it conflicts with is.
             if first.setdefault(m.id, new.digest) != new.digest:
-                raise IdConflict(m.id, index)
+                self._conflict(m.id, index, conflicts)
         return known
+
+    @staticmethod
+    def _conflict(message_id: str, index: int, conflicts: dict[int, IdConflict] | None) -> None:
+        if conflicts is None:
+            raise IdConflict(message_id, index)
+        conflicts[index] = IdConflict(message_id, index)
 
     async def claim(self, pool: str, limit: int, now: float) -> Claim:
         self._check()

@@ -10,9 +10,9 @@ import os
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Concatenate, Final, ParamSpec, TypeVar
+from typing import Concatenate, Final, ParamSpec, TypeVar, cast
 
-from ...errors import PartlyDone, StoreError
+from ...errors import IdConflict, PartlyDone, StoreError
 from ...message import (
     AuditEntry,
     Completion,
@@ -275,6 +275,13 @@ class SqliteStore(Store):
 
     # --- the Store interface -------------------------------------------------------------
     async def enqueue(self, batch: Sequence[NewMessage]) -> list[bool]:
+        # Without `each`, the writer raises IdConflict rather than answer one.
+        return cast(list[bool], await self._enqueue(batch, each=False))
+
+    async def enqueue_each(self, batch: Sequence[NewMessage]) -> list[bool | IdConflict]:
+        return await self._enqueue(batch, each=True)
+
+    async def _enqueue(self, batch: Sequence[NewMessage], each: bool) -> list[bool | IdConflict]:
         self._check()
         if not batch:
             return []
@@ -284,7 +291,7 @@ class SqliteStore(Store):
         # which is the order of the writer's queue; a duplicate leaves a gap, which is fine.
         rows = NewRows(batch, self._next_mid)
         self._next_mid += len(batch)
-        return await self._write(writes.enqueue, self._claims, rows)
+        return await self._write(writes.enqueue, self._claims, rows, each)
 
     async def claim(self, pool: str, limit: int, now: float) -> Claim:
         # Claims write nothing (see claims.Claims), but they go through the writer, which

@@ -125,7 +125,12 @@ def _ids_json(ids: Sequence[int]) -> str:
     return f"[{','.join(map(str, ids))}]"
 
 
-def enqueue(db: sqlite3.Connection, d: Delta, claims: ClaimBooks, rows: NewRows) -> list[bool]:
+def enqueue(
+    db: sqlite3.Connection, d: Delta, claims: ClaimBooks, rows: NewRows, each: bool = False
+) -> list[bool | IdConflict]:
+    """True for each message stored, False for a duplicate. An id that conflicts raises
+    IdConflict (the writer rolls the request back), or with `each` (Store.enqueue_each)
+    answers its own item, which is left out, and the rest is stored."""
     if not rows.keyed:
         # Ids the dispatcher made are new: try them all, and only if one was already
         # taken (a caller reusing an id without a digest) go back and sort them out.
@@ -144,11 +149,16 @@ def enqueue(db: sqlite3.Connection, d: Delta, claims: ClaimBooks, rows: NewRows)
             (to_json([m[1] for m in rows.messages]),),
         )
     }
+    conflicts: dict[int, IdConflict] = {}
     if rows.keyed:
-        seen |= _known_ids(db, rows)
-    out: list[bool] = []
+        seen |= _known_ids(db, rows, conflicts if each else None)
+    out: list[bool | IdConflict] = []
     kept: set[int] = set()
-    for m in rows.messages:
+    for index, m in enumerate(rows.messages):
+        conflict = conflicts.get(index)
+        if conflict is not None:
+            out.append(conflict)
+            continue
         fresh = m[1] not in seen
         out.append(fresh)
         if fresh:
@@ -174,9 +184,12 @@ def _arrived(d: Delta, claims: ClaimBooks, rows: NewRows) -> None:
             d.undo.append(claims.of(pool).arrived(*rows.first_ready))
 
 
-def _known_ids(db: sqlite3.Connection, rows: NewRows) -> set[str]:
-    """Ids remembered within their dedup window; IdConflict if one comes back (or
-    repeats within the batch) with another digest. Runs before anything is written."""
+def _known_ids(
+    db: sqlite3.Connection, rows: NewRows, conflicts: dict[int, IdConflict] | None
+) -> set[str]:
+    """Ids remembered within their dedup window. One that comes back (or repeats within
+    the batch) with another digest raises IdConflict, or with `conflicts` is put there by
+    its index. Runs before anything is written."""
     held: dict[str, bytes] = dict(
         db.execute(
             "SELECT id, digest FROM dedup WHERE id IN (SELECT value FROM json_each(?))"
@@ -186,8 +199,11 @@ def _known_ids(db: sqlite3.Connection, rows: NewRows) -> set[str]:
     )
     first: dict[str, bytes] = {}
     for index, m_id, digest, _ in rows.keyed:
+        # A conflicting item never becomes the `first` of its id: what it conflicts with is.
         if held.get(m_id, digest) != digest or first.setdefault(m_id, digest) != digest:
-            raise IdConflict(m_id, index)
+            if conflicts is None:
+                raise IdConflict(m_id, index)
+            conflicts[index] = IdConflict(m_id, index)
     return set(held)
 
 
