@@ -17,6 +17,8 @@ from .schema import DEAD, DELIVERED, FANOUT_LIMIT, SCHEDULED
 _INSERT_MESSAGE = ("INSERT INTO messages VALUES", "")
 #: for ids nobody has checked: the rowcount tells whether one was already there
 _INSERT_MESSAGE_NEW = ("INSERT OR IGNORE INTO messages VALUES", "")
+#: producer ids, remembered for their dedup window: (id, digest, until)
+_INSERT_DEDUP = ("INSERT OR REPLACE INTO dedup (id, digest, until) VALUES", "")
 _INSERT_JOB = (
     "INSERT INTO jobs (jid, mid, pool, state, priority, available_at, created_at) VALUES",
     "",
@@ -131,27 +133,28 @@ def enqueue(
     """True for each message stored, False for a duplicate. An id that conflicts raises
     IdConflict (the writer rolls the request back), or with `each` (Store.enqueue_each)
     answers its own item, which is left out, and the rest is stored."""
-    if not rows.keyed:
-        # Ids the dispatcher made are new: try them all, and only if one was already
-        # taken (a caller reusing an id without a digest) go back and sort them out.
+    conflicts: dict[int, IdConflict] = {}
+    held = _known_ids(db, rows, conflicts if each else None) if rows.keyed else set()
+    if not held and not conflicts:
+        # No id is remembered: they are most likely all new (the dispatcher made them, or
+        # producers did). Try them all, and only if one was already taken (an id reused
+        # without a digest, or repeated in the batch) go back and sort them out.
         db.execute("SAVEPOINT enqueue")
         if _many(db, _INSERT_MESSAGE_NEW, rows.messages) == len(rows.messages):
             db.execute("RELEASE enqueue")
             _many(db, _INSERT_JOB, rows.jobs)
+            _many(db, _INSERT_DEDUP, [k[1:] for k in rows.keyed])
             _arrived(d, claims, rows)
             return [True] * len(rows.messages)
         db.execute("ROLLBACK TO enqueue")
         db.execute("RELEASE enqueue")
-    seen = {
+    seen = held | {
         row[0]
         for row in db.execute(
             "SELECT id FROM messages WHERE id IN (SELECT value FROM json_each(?))",
             (to_json([m[1] for m in rows.messages]),),
         )
     }
-    conflicts: dict[int, IdConflict] = {}
-    if rows.keyed:
-        seen |= _known_ids(db, rows, conflicts if each else None)
     out: list[bool | IdConflict] = []
     kept: set[int] = set()
     for index, m in enumerate(rows.messages):
@@ -168,11 +171,7 @@ def enqueue(
         rows = rows.keep(kept)
     _many(db, _INSERT_MESSAGE, rows.messages)
     _many(db, _INSERT_JOB, rows.jobs)
-    if rows.keyed:
-        db.executemany(
-            "INSERT OR REPLACE INTO dedup (id, digest, until) VALUES (?, ?, ?)",
-            [(m_id, digest, until) for _, m_id, digest, until in rows.keyed],
-        )
+    _many(db, _INSERT_DEDUP, [k[1:] for k in rows.keyed])
     _arrived(d, claims, rows)
     return out
 
