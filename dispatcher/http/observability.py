@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import Counter
 from prometheus_client.aiohttp import make_aiohttp_handler
@@ -97,7 +99,9 @@ def _observe_request(metrics: Metrics, tracing: Tracing) -> Middleware:
 async def _traced(
     tracing: Tracing, request: web.Request, handler: Handler, route: str, method: str
 ) -> web.StreamResponse:
-    with tracing.tracer.start_as_current_span(
+    # start_span and attach by hand: what start_as_current_span does (exceptions recorded
+    # as use_span records them), without the two generator-based context managers.
+    span = tracing.tracer.start_span(
         f"{method} {route}",
         context=context_from(request.headers.get("traceparent")),
         kind=SpanKind.SERVER,
@@ -107,16 +111,24 @@ async def _traced(
             "url.path": request.path,
             "url.scheme": request.scheme,
         },
-    ) as span:
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:
+    )
+    token = otel_context.attach(trace.set_span_in_context(span))
+    try:
+        response = await handler(request)
+    except Exception as exc:  # as use_span records it (not BaseException: cancellation)
+        if isinstance(exc, web.HTTPException):
             span.set_attribute("http.response.status_code", exc.status)
-            raise
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        raise
+    else:
         span.set_attribute("http.response.status_code", response.status)
         if response.status >= 500:
             span.set_status(Status(StatusCode.ERROR))
         return response
+    finally:
+        otel_context.detach(token)
+        span.end()
 
 
 def _scope(request: web.Request) -> str | None:
