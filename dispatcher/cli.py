@@ -1,5 +1,5 @@
-"""The command line: `dispatcher serve`, `dispatcher check-config` and `dispatcher init`
-(the README's "Command line")."""
+"""The command line: `dispatcher serve`, `dispatcher check-config`, `dispatcher init` and
+`dispatcher bench` (the README's "Command line")."""
 
 from __future__ import annotations
 
@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file", metavar="FILE")
     init = sub.add_parser("init", help="write a commented starter config (never overwrites)")
     init.add_argument("file", metavar="FILE", nargs="?", default="dispatcher.yaml")
+    bench = sub.add_parser(
+        "bench", help="measure what this machine sustains, on a temporary store (~20 s)"
+    )
+    bench.add_argument(
+        "--seconds", type=float, default=20.0, help="about how long to run (default 20)"
+    )
     return parser
 
 
@@ -52,6 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args.file)
     if args.command == "init":
         return _init(args.file)
+    if args.command == "bench":
+        from .bench import run  # the HTTP app and its load generator: only when asked
+
+        run(args.seconds)
+        return 0
     return _serve(args)
 
 
