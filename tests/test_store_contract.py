@@ -198,8 +198,8 @@ async def test_a_reused_id_with_other_content_conflicts_and_nothing_is_stored(
 async def test_enqueue_each_answers_every_item_as_if_alone(
     store: Store, implementation: str
 ) -> None:
-    """Store.enqueue_each, the backend's own and the interface's default (which retries
-    `enqueue` without each conflicting item): the same answers, the same rows."""
+    """Store.enqueue_each, the backend's own and the interface's default (which enqueues
+    the items one by one once the batch met a conflict): the same answers, the same rows."""
     enqueue_each = (
         store.enqueue_each
         if implementation == "backend"

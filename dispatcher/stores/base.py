@@ -23,7 +23,7 @@ import abc
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import Protocol, cast
+from typing import Protocol
 
 from ..errors import IdConflict
 from ..message import (
@@ -151,26 +151,28 @@ class Store(abc.ABC):
 
     async def enqueue_each(self, batch: Sequence[NewMessage]) -> list[bool | IdConflict]:
         """`enqueue` for messages of independent producers (single messages committed
-        together): each item is answered as if enqueued alone. An item whose id conflicts
-        (as `enqueue` defines it) is answered with its IdConflict (`index`: its place in
-        `batch`) and nothing of it is stored; every other item is committed and answered
-        True or False as by `enqueue`. Conflicts never refuse the other items.
+        together): each item is answered as if enqueued alone, in batch order. An item
+        whose id conflicts (as `enqueue` defines it: a remembered id, or an earlier item of
+        `batch` that did not conflict, with another digest) is answered with its IdConflict
+        (`index`: its place in `batch`) and nothing of it is stored; every other item is
+        committed and answered True or False as by `enqueue`. Conflicts never refuse the
+        other items.
 
-        This default calls `enqueue` again without each conflicting item in turn: one more
-        round trip per conflict. A backend overrides it to settle every item in one."""
-        answers: list[bool | IdConflict | None] = [None] * len(batch)
-        waiting = list(range(len(batch)))
-        while waiting:
+        This default tries `enqueue(batch)` and, only if that raises IdConflict, enqueues
+        the items one by one: right for any backend, a round trip per item when a batch
+        holds a conflict. A backend overrides it to settle every item in one commit."""
+        try:
+            return list(await self.enqueue(batch))
+        except IdConflict:
+            pass
+        answers: list[bool | IdConflict] = []
+        for index, new in enumerate(batch):
             try:
-                stored = await self.enqueue([batch[i] for i in waiting])
+                answers += await self.enqueue([new])
             except IdConflict as exc:
-                exc.index = waiting.pop(exc.index)
-                answers[exc.index] = exc
-                continue
-            for index, fresh in zip(waiting, stored, strict=True):
-                answers[index] = fresh
-            break
-        return cast(list[bool | IdConflict], answers)
+                exc.index = index
+                answers.append(exc)
+        return answers
 
     @abc.abstractmethod
     async def claim(self, pool: str, limit: int, now: float) -> Claim:
