@@ -100,19 +100,19 @@ class Publisher:
         except BacklogFull:  # room for some: each in turn, as they would be served alone
             wanted, waiting = self._reserve_each(news, waiting, answers)
         if waiting:
-            await self._commit_each(cast(list[NewMessage], news), waiting, wanted, answers)
+            await self._commit_each(news, waiting, wanted, answers)
         return cast(list[Accepted | Rejected], answers)
 
     async def _commit_each(
         self,
-        news: list[NewMessage],
+        news: Sequence[NewMessage | Unroutable],
         waiting: list[int],
         wanted: dict[str, int],
         answers: list[_Answer],
     ) -> None:
         """Commit the items at `waiting` (room reserved: `wanted`) with Store.enqueue_each,
         and answer each: Accepted, its own IdConflict, or Unavailable if the store failed."""
-        batch = [news[i] for i in waiting]
+        batch = [cast(NewMessage, news[i]) for i in waiting]
         try:
             stored = await self._store.enqueue_each(batch)
         except StoreError as exc:

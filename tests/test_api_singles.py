@@ -1,6 +1,6 @@
 """Single messages of concurrent requests are published together (api.Singles): anonymous
 ones, producer ids and traced ones alike, yet every request gets the answer it would get
-alone, and its span stays its own: on the memory store and a real SQLite file."""
+alone, and its span stays its own: on the memory store, a real SQLite file and Redis."""
 
 from __future__ import annotations
 
@@ -10,31 +10,47 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
 from dispatcher import Accepted, Dispatcher, Publish
 from dispatcher.app import create_app
+from dispatcher.config import Settings
 from dispatcher.errors import BacklogFull, IdConflict, Rejected, Unroutable
 from dispatcher.http.api import Singles
 from dispatcher.observe.tracing import context_from, traceparent_of
 
 from .kit.api import PRODUCE, READ, api_settings
+from .kit.redis import URL as REDIS_URL
+from .kit.redis import drop_prefix, require_redis, unique_prefix
 from .kit.run import running
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+async def settings(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Settings]:
+    """The API tests' settings on each store; on Redis under a key prefix of its own (the
+    Redis store answers conflicts through Store.enqueue_each's default)."""
+    if request.param != "redis":
+        yield api_settings(request.param, tmp_path)
+        return
+    await require_redis()
+    prefix = unique_prefix()
+    base = api_settings("memory", tmp_path)
+    store = msgspec.structs.replace(base.store, url=REDIS_URL, prefix=prefix)
+    try:
+        yield msgspec.structs.replace(base, store=store)
+    finally:
+        await drop_prefix(prefix)
 
 
 @pytest.fixture
-async def dispatcher(store: str, tmp_path: Path) -> AsyncIterator[Dispatcher]:
-    async with running(Dispatcher(api_settings(store, tmp_path))) as d:
+async def dispatcher(settings: Settings) -> AsyncIterator[Dispatcher]:
+    async with running(Dispatcher(settings)) as d:
         yield d
 
 
@@ -143,10 +159,10 @@ MIXED: list[tuple[Publish, Any]] = [
 
 
 async def test_a_mixed_group_answers_each_request_as_if_alone(
-    store: str, tmp_path: Path, exporter: Any
+    settings: Settings, exporter: Any
 ) -> None:
     provider, memory = exporter
-    dispatcher = Dispatcher(api_settings(store, tmp_path), tracer_provider=provider)
+    dispatcher = Dispatcher(settings, tracer_provider=provider)
     async with running(dispatcher):
         for pool in ("email", "tiny"):  # what was stored stays to be counted; tiny: 2 at most
             await dispatcher.update_pool(pool, actor="test", paused=True)
@@ -229,12 +245,11 @@ async def test_concurrent_requests_get_their_own_answers(
 
 
 async def test_a_mixed_burst_over_http(
-    aiohttp_client: Any, store: str, tmp_path: Path, exporter: Any
+    aiohttp_client: Any, settings: Settings, exporter: Any
 ) -> None:
     """The same mix as concurrent HTTP requests, Idempotency-Keys and CloudEvents among
     them, with the SDK recording: whatever groups they formed, each answer is its own."""
     provider, memory = exporter
-    settings = api_settings(store, tmp_path)
     dispatcher = Dispatcher(settings, tracer_provider=provider)
     client = await aiohttp_client(create_app(settings, dispatcher=dispatcher))
     await dispatcher.update_pool("email", actor="test", paused=True)
