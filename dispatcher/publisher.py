@@ -56,13 +56,12 @@ class Publisher:
         Unavailable (draining, disk nearly full, store down); then nothing was stored.
         """
         self._check_open()
-        news = self._new_messages(items)
         per_route: dict[tuple[str, ...], int] = {}  # count per distinct pool tuple, not per pool
-        for index, new in enumerate(news):
-            if isinstance(new, Unroutable):
-                new.pointer = "/tag" if len(items) == 1 else f"/{index}/tag"
-                raise new
-            per_route[new.pools] = per_route.get(new.pools, 0) + 1
+        news, unroutable = self._new_messages(items, per_route)
+        if unroutable:
+            index, refused = next((i, n) for i, n in enumerate(news) if isinstance(n, Unroutable))
+            refused.pointer = "/tag" if len(items) == 1 else f"/{index}/tag"
+            raise refused
         batch = cast(list[NewMessage], news)
         wanted = self._admission.reserve_routes(per_route)
         try:
@@ -84,17 +83,16 @@ class Publisher:
         Raises Unavailable, storing nothing, when ingest is closed to every message
         (draining, disk nearly full)."""
         self._check_open()
-        news = self._new_messages(items)
-        answers: list[_Answer] = [None] * len(items)
-        waiting: list[int] = []  # positions still to commit
         per_route: dict[tuple[str, ...], int] = {}
-        for index, new in enumerate(news):
-            if isinstance(new, Unroutable):
-                new.pointer = "/tag"
-                answers[index] = new
-            else:
-                waiting.append(index)
-                per_route[new.pools] = per_route.get(new.pools, 0) + 1
+        news, unroutable = self._new_messages(items, per_route)
+        answers: list[_Answer] = [None] * len(items)
+        waiting = list(range(len(items)))  # positions still to commit
+        if unroutable:
+            for index, new in enumerate(news):
+                if isinstance(new, Unroutable):
+                    new.pointer = "/tag"
+                    answers[index] = new
+            waiting = [i for i in waiting if answers[i] is None]
         try:
             wanted = self._admission.reserve_routes(per_route)
         except BacklogFull:  # room for some: each in turn, as they would be served alone
@@ -155,19 +153,25 @@ class Publisher:
                 wanted[pool] = wanted.get(pool, 0) + 1
         return wanted, admitted
 
-    def _new_messages(self, items: Sequence[Publish]) -> list[NewMessage | Unroutable]:
+    def _new_messages(
+        self, items: Sequence[Publish], per_route: dict[tuple[str, ...], int]
+    ) -> tuple[list[NewMessage | Unroutable], int]:
         """Each item routed and stamped (its id, the time) as a NewMessage, or Unroutable
-        (with no pointer yet) when no route matches its tag."""
+        (with no pointer yet) when no route matches its tag; and how many were unroutable.
+        `per_route` counts the routed ones by pool tuple (one pass over a batch, not two)."""
         now = self._clock()
         route = self._route
         dedup_until = now + self._dedup_window
         ids = self._ids.many(len(items))
         news: list[NewMessage | Unroutable] = []
+        unroutable = 0
         for index, item in enumerate(items):
             pools = route(item.tag)
             if not pools:
                 news.append(Unroutable(f"no route matches tag {item.tag!r}"))
+                unroutable += 1
                 continue
+            per_route[pools] = per_route.get(pools, 0) + 1
             message = Message(
                 item.id or ids[index],
                 item.tag,
@@ -182,7 +186,7 @@ class Publisher:
                 news.append(NewMessage(message, pools))
             else:  # a producer's id: remembered for the dedup window, with a content digest
                 news.append(NewMessage(message, pools, _digest(item), dedup_until))
-        return news
+        return news, unroutable
 
     def _committed(
         self, batch: list[NewMessage], stored: list[bool], wanted: dict[str, int]
