@@ -18,9 +18,18 @@ from opentelemetry.trace import SpanKind, StatusCode
 from dispatcher import Accepted, Dispatcher, Publish
 from dispatcher.app import create_app
 from dispatcher.config import Settings
-from dispatcher.errors import BacklogFull, IdConflict, Rejected, Unroutable
+from dispatcher.errors import (
+    BacklogFull,
+    IdConflict,
+    Rejected,
+    StoreError,
+    Unavailable,
+    Unroutable,
+)
 from dispatcher.http.api import Singles
+from dispatcher.message import NewMessage
 from dispatcher.observe.tracing import context_from, traceparent_of
+from dispatcher.stores.memory import MemoryStore
 
 from .kit.api import PRODUCE, READ, api_settings
 from .kit.redis import URL as REDIS_URL
@@ -139,6 +148,33 @@ async def test_a_request_that_left_is_not_published(dispatcher: Dispatcher) -> N
     assert [[i.tag for i in c] for c in calls] == [["tiny.kept"]]
     assert (await dispatcher.pool_info("tiny")).backlog == 1
     assert accepted.tag == "tiny.kept"
+
+
+class _FailsOnce(MemoryStore):
+    """A store whose next write of single messages fails, as a store that went away."""
+
+    fail = True
+
+    async def enqueue_each(self, batch: Sequence[NewMessage]) -> list[bool | IdConflict]:
+        if self.fail:
+            self.fail = False
+            raise StoreError("disk I/O error")
+        return await super().enqueue_each(batch)
+
+
+async def test_a_store_that_fails_answers_503_to_whom_it_concerns(tmp_path: Path) -> None:
+    store = _FailsOnce()
+    async with running(Dispatcher(api_settings("memory", tmp_path), store=store)) as d:
+        await d.update_pool("email", actor="test", paused=True)
+        items = [item("user.a", id="kept"), item("nowhere.at.all"), item("user.b")]
+        results = await outcomes(Singles(d), items)
+        assert [type(r) for r in results] == [Unavailable, Unroutable, Unavailable]
+        assert results[0].retry_after
+        assert (await d.pool_info("email")).backlog == 0  # the reservations went back
+        assert await d.get_message("kept") is None
+        again = await outcomes(Singles(d), [item("user.a", id="kept")])
+        assert [(type(r), r.duplicate) for r in again] == [(Accepted, False)]
+        assert (await d.pool_info("email")).backlog == 1
 
 
 #: (item, what it gets alone): the mixed group of the next test, in arrival order
