@@ -188,6 +188,10 @@ async def test_a_reused_id_with_other_content_conflicts_and_nothing_is_stored(
     with pytest.raises(IdConflict) as twins:
         await store.enqueue([keyed("c", b"1"), keyed("c", b"2")])
     assert (twins.value.message_id, twins.value.index) == ("c", 1)
+    # The first item that conflicts is named, whether with the store or with a later twin.
+    with pytest.raises(IdConflict) as first:
+        await store.enqueue([keyed("a", b"2"), keyed("a", b"1")])
+    assert (first.value.message_id, first.value.index) == ("a", 0)
     assert await store.get_message("b") is None
     assert await store.get_message("c") is None
     assert await store.enqueue([keyed("a", b"1")]) == [False]

@@ -137,6 +137,7 @@ class RedisStore(Store):
         self._run.check()
         first: dict[str, bytes | None] = {}
         repeat: list[bool] = []
+        in_batch: int | None = None  # the first repeat of an id with other content
         for index, new in enumerate(batch):
             held = first.get(new.message.id, b"")
             if held == b"":
@@ -144,7 +145,7 @@ class RedisStore(Store):
                 repeat.append(False)
                 continue
             if held is not None and new.digest is not None and held != new.digest:
-                raise IdConflict(new.message.id, index)
+                in_batch = index if in_batch is None else in_batch
             repeat.append(True)
 
         fanned = [(new, tuple(dict.fromkeys(new.pools))) for new in batch]
@@ -181,17 +182,22 @@ class RedisStore(Store):
                 await client.sadd(self.keys.pools, *new_pools)
             self._known_pools.update(new_pools)
 
-        def refuse_conflicts(answers: list[Any]) -> None:
-            for pool, answer in zip(args, answers, strict=True):
-                if len(answer) == 2 and answer[0] == b"conflict":
-                    index = index_of[pool][int(answer[1])]
-                    raise IdConflict(batch[index].message.id, index)
+        def refuse_conflicts(answers: list[Any], *more: int) -> None:
+            """IdConflict for the first item that conflicts (as the other stores name it):
+            with a remembered id (the scripts' answers) or with an earlier item (`more`)."""
+            found = [
+                index_of[pool][int(answer[1])]
+                for pool, answer in zip(args, answers, strict=True)
+                if len(answer) == 2 and answer[0] == b"conflict"
+            ]
+            if found or more:
+                index = min(*found, *more)
+                raise IdConflict(batch[index].message.id, index)
 
-        if digests and len(args) > 1:
+        if in_batch is not None or (digests and len(args) > 1):
             # Refuse a conflicting id before any pool writes: a batch is all or nothing.
-            refuse_conflicts(
-                await self._run.many([("enqueue", p, ["c", *a]) for p, a in args.items()])
-            )
+            checks = await self._run.many([("enqueue", p, ["c", *a]) for p, a in args.items()])
+            refuse_conflicts(checks, *(() if in_batch is None else (in_batch,)))
         answers = await self._run.many([("enqueue", p, ["w", *a]) for p, a in args.items()])
         refuse_conflicts(answers)
         by_pool = dict(zip(args, answers, strict=True))
