@@ -191,7 +191,7 @@ class RedisStore(Store):
                 if len(answer) == 2 and answer[0] == b"conflict"
             ]
             if found or more:
-                index = min(*found, *more)
+                index = min([*found, *more])
                 raise IdConflict(batch[index].message.id, index)
 
         if in_batch is not None or (digests and len(args) > 1):
