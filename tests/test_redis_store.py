@@ -32,8 +32,10 @@ async def prefix() -> AsyncIterator[str]:
     await drop_prefix(name)
 
 
-async def opened(url: str, prefix: str, consumer: str, lease: float = 30.0) -> RedisStore:
-    store = RedisStore(url, prefix=prefix, consumer=consumer, lease=lease)
+async def opened(
+    url: str, prefix: str, consumer: str, lease: float = 30.0, renew: bool = True
+) -> RedisStore:
+    store = RedisStore(url, prefix=prefix, consumer=consumer, lease=lease, renew=renew)
     await store.open()
     return store
 
@@ -78,8 +80,25 @@ async def test_a_dead_process_s_claims_come_back_after_the_lease(prefix: str) ->
         await survivor.close()
 
 
+async def test_a_live_process_keeps_its_claims_past_the_lease(prefix: str) -> None:
+    holder = await opened(URL, prefix, "holder", lease=0.3)
+    other = await opened(URL, prefix, "other", lease=0.3)
+    try:
+        await holder.enqueue([new_message("m")])
+        (job,) = (await holder.claim("p", 1, LATER)).jobs
+        await asyncio.sleep(1.0)  # three leases long: renewed, never taken over
+        assert (await other.claim("p", 1, LATER)).jobs == []
+        await holder.complete([delivered(job, T0)])
+        status = await other.get_message("m")
+        assert status is not None
+        assert len(status.jobs[0].attempts) == 1
+    finally:
+        await holder.close()
+        await other.close()
+
+
 async def test_a_stale_completion_from_a_reclaimed_job_changes_nothing(prefix: str) -> None:
-    slow = await opened(URL, prefix, "slow", lease=0.3)
+    slow = await opened(URL, prefix, "slow", lease=0.3, renew=False)  # stalled: no renewals
     other = await opened(URL, prefix, "other", lease=30)
     try:
         await slow.enqueue([new_message("m")])

@@ -31,7 +31,8 @@ Why sorted sets and not one stream per pool: a stream is append-ordered, but the
 contract claims the highest priority first, then the oldest available_at (a retry due now
 goes ahead of younger messages, a replayed message keeps its place), and a stream can do
 neither. Leases give what a consumer group's pending entries list gives: a claimed job
-stays in `lease` until its outcome is written; a claim by any process first moves back jobs
+stays in `lease` until its outcome is written (its process extends the lease every
+lease/3 seconds while it holds the job); a claim by any process first moves back jobs
 whose lease ended (their process died or stalled) and due scheduled jobs, so nothing waits
 for a particular process, and each job moves once because each move is one atomic script.
 A restarted process (same consumer name) takes its own claims back at once on open.

@@ -337,6 +337,32 @@ return n
 """
 )
 
+# ARGV: prefix, lease seconds, then (key, claims) pairs: jobs this process holds. Extends
+# the lease of each that is still its claim, so a job that waits long in a pool's window (a
+# slow receiver) is not taken over by another process while its own is alive. Answers how
+# many leases were extended.
+RENEW = (
+    _PRELUDE
+    + """
+local t = redis.call('TIME')
+local deadline = tonumber(t[1]) + tonumber(t[2]) / 1e6 + tonumber(ARGV[2])
+local keys, claims = {}, {}
+for i = 3, #ARGV, 2 do
+  keys[#keys + 1] = ARGV[i]
+  claims[#keys] = tonumber(ARGV[i + 1])
+end
+local n = 0
+for i, m in ipairs(get_many(keys)) do
+  if m and m[1] == CLAIMED and m[6] == claims[i] then
+    later('ZADD', LEASE, deadline, keys[i])
+    n = n + 1
+  end
+end
+flush()
+return n
+"""
+)
+
 # ARGV: prefix, now. Answers {ready, scheduled, claimed, dead, oldest created_at or false}.
 COUNTS = (
     _PRELUDE
@@ -470,6 +496,7 @@ ALL = {
     "claim": CLAIM,
     "complete": COMPLETE,
     "release": RELEASE,
+    "renew": RENEW,
     "counts": COUNTS,
     "status": STATUS,
     "dead_page": DEAD_PAGE,

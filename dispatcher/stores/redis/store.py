@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -52,6 +53,7 @@ class RedisStore(Store):
         prefix: str = "dispatcher",
         lease: float = 30.0,
         consumer: str | None = None,
+        renew: bool = True,
     ) -> None:
         self.url = url
         self.keys = Keys(prefix)
@@ -65,6 +67,12 @@ class RedisStore(Store):
         self._numbers = range(0)
         self._known_pools: set[str] = set()
         self._rates: dict[str, tuple[float, int]] = {}
+        #: per pool: the jobs this process holds (member -> claim count), whose leases a
+        #: task extends every lease/3 seconds; `renew=False` (tests) lets them run out, as
+        #: a stalled process would
+        self._held: dict[str, dict[str, int]] = {}
+        self._renew = renew
+        self._renewer: asyncio.Task[None] | None = None
 
     @property
     def durable(self) -> bool:
@@ -94,6 +102,8 @@ class RedisStore(Store):
                 log.warning("redis: an acknowledged message can be lost: %s", why)
             await run.load_scripts()
             run.open = True
+            if self._renew:
+                self._renewer = asyncio.create_task(self._renew_leases(), name="redis-leases")
             requeued = 0
             for pool in await self._run.pools():
                 requeued += int(await self._run.call("release", pool, [self.consumer]))
@@ -104,7 +114,31 @@ class RedisStore(Store):
 
     async def close(self) -> None:
         self._run.open = False
+        if self._renewer is not None:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
+            self._renewer = None
         await self._drop_client()
+
+    async def _renew_leases(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            calls = [
+                ("renew", pool, [number(self.lease), *(x for pair in held.items() for x in pair)])
+                for pool, held in self._held.items()
+                if held
+            ]
+            if not calls:
+                continue
+            try:
+                await self._run.many(calls)
+            except StoreError as exc:
+                if not failing:
+                    log.warning("redis: cannot extend the leases of claimed jobs: %s", exc)
+                failing = True
+            else:
+                failing = False
 
     async def _drop_client(self) -> None:
         client, self._run.client = self._run.client, None
@@ -214,8 +248,10 @@ class RedisStore(Store):
             [number(now), limit, self.consumer, number(self.lease), _PROMOTE, number(rate), burst],
         )
         jobs = []
+        held = self._held.setdefault(pool, {})
         for key, raw, blob in rows:
             meta = Meta(raw)
+            held[key.decode()] = meta.claims
             job_number = codec.number_of(key)
             jobs.append(
                 Job(
@@ -236,6 +272,7 @@ class RedisStore(Store):
         blobs: dict[str, list[bytes]] = {}
         for c in completions:
             key, claims = codec.split_key(c.job.key)
+            self._held.get(c.job.pool, {}).pop(key, None)
             a = c.attempt
             if c.dead is not None:
                 fate, when, reason = "x", a.started_at + a.duration, str(c.dead)
@@ -256,7 +293,9 @@ class RedisStore(Store):
     async def release(self, jobs: Sequence[Job]) -> None:
         args: dict[str, list[Any]] = {}
         for job in jobs:
-            args.setdefault(job.pool, []).extend(codec.split_key(job.key))
+            key, claims = codec.split_key(job.key)
+            self._held.get(job.pool, {}).pop(key, None)
+            args.setdefault(job.pool, []).extend((key, claims))
         self._run.check()
         await self._run.many([("release", p, ["", *a]) for p, a in args.items()])
 
