@@ -25,7 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -189,17 +189,7 @@ async def _latency(singles: Any, probe: Probe, seconds: float, out: Any) -> dict
         result = await singles.publish(Publish("deliver.latency", PAYLOAD))
         accepted[result.id] = time.perf_counter()
 
-    tasks: set[asyncio.Task[None]] = set()
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    for i in range(n):  # open loop: a message every `interval`, whatever came of the last
-        delay = start + i * interval - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        task = asyncio.create_task(one())
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    await asyncio.gather(*tasks)
+    await open_loop(one, n, interval)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(probe.done.wait(), timeout=10)
     waits = sorted(probe.started[i] - t for i, t in accepted.items() if i in probe.started) or [0.0]
@@ -211,6 +201,22 @@ async def _latency(singles: Any, probe: Probe, seconds: float, out: Any) -> dict
         flush=True,
     )
     return {"latency_p50_ms": p50, "latency_p99_ms": p99, "latency_p999_ms": p999}
+
+
+async def open_loop(one: Callable[[], Coroutine[Any, Any, None]], n: int, interval: float) -> None:
+    """Start `one()` n times, one every `interval` seconds whatever came of the last (an
+    open loop, as independent producers offer load), and wait for all of them."""
+    tasks: set[asyncio.Task[None]] = set()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for i in range(n):
+        delay = start + i * interval - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(one())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    await asyncio.gather(*tasks)
 
 
 def _quantile(sorted_values: Sequence[float], q: float) -> float:

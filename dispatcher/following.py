@@ -15,6 +15,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 
+from .background import Background
 from .errors import StoreError
 from .stores.base import Store
 
@@ -29,16 +30,13 @@ class SettingsFollower:
     def __init__(self, store: Store, adopt: Adopt) -> None:
         self._store = store
         self._adopt = adopt
-        self._task: asyncio.Task[None] | None = None
+        self._task = Background("pool-settings-follower", self._run)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="pool-settings-follower")
+        self._task.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._task.stop()
 
     async def _run(self) -> None:
         failing = False

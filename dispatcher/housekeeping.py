@@ -15,6 +15,7 @@ import logging
 import shutil
 from collections.abc import Callable
 
+from .background import Background
 from .config import StoreConfig
 from .errors import StoreError
 from .stores.base import Store
@@ -30,17 +31,14 @@ class Housekeeper:
         self._store = store
         self._config = config
         self._clock = clock
-        self._task: asyncio.Task[None] | None = None
+        self._task = Background("housekeeping", self._run)
         self.disk_low = False
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="housekeeping")
+        self._task.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._task.stop()
 
     async def _run(self) -> None:
         ticks = 0

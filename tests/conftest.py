@@ -5,7 +5,7 @@ the API tests' app (tests/kit/api.py) on each store."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +54,14 @@ def exporter() -> tuple[TracerProvider, InMemorySpanExporter]:
 async def client(request: pytest.FixtureRequest, aiohttp_client: Any, tmp_path: Path) -> Any:
     """The API tests' app on the memory store and on a SQLite file, behind a test client."""
     return await aiohttp_client(create_app(api_settings(request.param, tmp_path)))
+
+
+@pytest.fixture
+async def prefix() -> AsyncIterator[str]:
+    """A Redis key prefix of this test's own on the shared server, deleted afterwards."""
+    from tests.kit.redis import drop_prefix, require_redis, unique_prefix  # it imports us
+
+    await require_redis()
+    name = unique_prefix()
+    yield name
+    await drop_prefix(name)

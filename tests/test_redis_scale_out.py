@@ -21,17 +21,13 @@ from console.core import COOKIE
 from .kit.console import csrf_of
 from .kit.instance import HEADERS, TOKEN, Instance, instance_config
 from .kit.receiver import Receiver, receiver
-from .kit.redis import URL, RedisCluster, RedisServer, drop_prefix, require_redis, unique_prefix
+from .kit.redis import (
+    URL,
+    RedisCluster,
+    RedisServer,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.allow_blocking]
-
-
-@pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    await require_redis()
-    name = unique_prefix()
-    yield name
-    await drop_prefix(name)
 
 
 @pytest.fixture

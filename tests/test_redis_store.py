@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,17 +18,12 @@ from dispatcher.message import Publish
 from dispatcher.stores.redis import RedisStore
 
 from .factories import T0, delivered, new_message, settings
-from .kit.redis import URL, RedisServer, drop_prefix, require_redis, unique_prefix
+from .kit.redis import (
+    URL,
+    RedisServer,
+)
 
 LATER = T0 + 1_000_000
-
-
-@pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    await require_redis()
-    name = unique_prefix()
-    yield name
-    await drop_prefix(name)
 
 
 async def opened(

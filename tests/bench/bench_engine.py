@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 from dispatcher import Dispatcher, Publish
+from dispatcher.bench import open_loop
 from dispatcher.http.api import Singles
 from dispatcher.server import tune_process
 
@@ -126,17 +127,7 @@ async def latency(store: str, rate: float, seconds: float) -> None:
             enqueued[accepted.id] = time.perf_counter()
 
         total = int(rate * seconds)
-        loop = asyncio.get_running_loop()
-        tasks: set[asyncio.Task[None]] = set()
-        start = loop.time()
-        for i in range(total):
-            delay = start + i / rate - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            task = asyncio.create_task(one())
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        await asyncio.gather(*tasks)
+        await open_loop(one, total, 1 / rate)
         deadline = time.perf_counter() + 10
         while len(handlers.state["starts"]) < total and time.perf_counter() < deadline:
             await asyncio.sleep(0.05)

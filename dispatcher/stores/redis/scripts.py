@@ -119,6 +119,12 @@ local function push_ready(k, m)
   later('ZADD', rk, m[3], k)
 end
 
+-- Drop a job and everything it holds (its message, attempts, history, its id's entry).
+local function forget(k, m)
+  if m then redis.call('HDEL', IDS, m[10]) end
+  for _, hash in ipairs({META, MSG, LOG, HIST}) do redis.call('HDEL', hash, k) end
+end
+
 local function push(k, m, now)
   if m[3] > now then
     m[1] = SCHEDULED
@@ -453,11 +459,7 @@ for i = 2, #ARGV do
   local m = get(k)
   if m and m[1] == DEAD then
     redis.call('ZREM', DLQ, k)
-    redis.call('HDEL', IDS, m[10])
-    redis.call('HDEL', META, k)
-    redis.call('HDEL', MSG, k)
-    redis.call('HDEL', LOG, k)
-    redis.call('HDEL', HIST, k)
+    forget(k, m)
     n = n + 1
   end
 end
@@ -472,13 +474,8 @@ EXPIRE = (
     + """
 local keys = redis.call('ZRANGEBYSCORE', DONE, '-inf', '(' .. ARGV[2], 'LIMIT', 0, ARGV[4])
 for _, k in ipairs(keys) do
-  local m = get(k)
   redis.call('ZREM', DONE, k)
-  if m then redis.call('HDEL', IDS, m[10]) end
-  redis.call('HDEL', META, k)
-  redis.call('HDEL', MSG, k)
-  redis.call('HDEL', LOG, k)
-  redis.call('HDEL', HIST, k)
+  forget(k, get(k))
 end
 local ids = redis.call('ZRANGEBYSCORE', DEDUPX, '-inf', '(' .. ARGV[3], 'LIMIT', 0, ARGV[4])
 for _, id in ipairs(ids) do

@@ -12,6 +12,7 @@ from typing import Any, Final
 
 import msgspec
 
+from ...background import Background
 from ...errors import IdConflict, StoreError
 from ...message import (
     AuditEntry,
@@ -72,7 +73,7 @@ class RedisStore(Store):
         #: a stalled process would
         self._held: dict[str, dict[str, int]] = {}
         self._renew = renew
-        self._renewer: asyncio.Task[None] | None = None
+        self._renewer = Background("redis-leases", self._renew_leases)
 
     @property
     def durable(self) -> bool:
@@ -103,7 +104,7 @@ class RedisStore(Store):
             await run.load_scripts()
             run.open = True
             if self._renew:
-                self._renewer = asyncio.create_task(self._renew_leases(), name="redis-leases")
+                self._renewer.start()
             requeued = 0
             for pool in await self._run.pools():
                 requeued += int(await self._run.call("release", pool, [self.consumer]))
@@ -114,10 +115,7 @@ class RedisStore(Store):
 
     async def close(self) -> None:
         self._run.open = False
-        if self._renewer is not None:
-            self._renewer.cancel()
-            await asyncio.gather(self._renewer, return_exceptions=True)
-            self._renewer = None
+        await self._renewer.stop()
         await self._drop_client()
 
     async def _renew_leases(self) -> None:
