@@ -1,7 +1,7 @@
 """Redis store benchmarks (issue 12). Prints numbers; asserts nothing.
 
     python -m tests.bench.bench_redis e2e [--processes 1] [--messages 100000]
-        [--fsync everysec|always] [--rounds 1]
+        [--fsync everysec|always] [--rounds 1] [--stats]
     python -m tests.bench.bench_redis backlog [--messages 1000000]
 
 e2e: a private redis-server (appendonly yes, appendfsync as given) and N `dispatcher serve`
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import tempfile
 import time
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import redis.asyncio as aioredis
 
 from tests.kit.instance import HEADERS, TOKEN, Instance
 from tests.kit.redis import RedisServer
@@ -67,7 +69,24 @@ async def _undone(http: aiohttp.ClientSession, base: str) -> int:
     return int(info["backlog"] + info["in_flight"] + info["scheduled"])
 
 
-async def e2e(processes: int, messages: int, fsync: str) -> float:
+async def _server_stats(url: str, messages: int) -> None:
+    """What the server spent per message: CPU, and microseconds per command (scripts
+    include the commands they ran, which are listed too)."""
+    client = aioredis.from_url(url)
+    try:
+        cpu = await client.info("cpu")
+        commands = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    spent = float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+    print(f"  redis-server CPU: {spent / messages * 1e6:.1f} µs per message")
+    rows = sorted(commands.items(), key=lambda kv: -int(kv[1]["usec"]))
+    for name, row in rows[:16]:
+        per = int(row["usec"]) / messages
+        print(f"  {name.removeprefix('cmdstat_'):<18} {per:6.2f} µs/msg  {row['calls']:>9} calls")
+
+
+async def e2e(processes: int, messages: int, fsync: str, stats: bool = False) -> float:
     with tempfile.TemporaryDirectory() as directory:
         root = Path(directory)
         with RedisServer(root / "redis", "--appendonly", "yes", "--appendfsync", fsync) as srv:
@@ -83,6 +102,13 @@ async def e2e(processes: int, messages: int, fsync: str) -> float:
                     while await _undone(http, bases[0]):
                         await asyncio.sleep(0.02)
                     done = time.perf_counter()
+                    if stats:
+                        await _server_stats(srv.url, messages)
+                        for instance in instances:
+                            assert instance.process is not None
+                            spent = _cpu_seconds(instance.process.pid) / messages * 1e6
+                            name = instance.directory.name
+                            print(f"  dispatcher {name} CPU: {spent:.1f} µs per message")
             finally:
                 for instance in instances:
                     await instance.stop()
@@ -105,6 +131,12 @@ async def _timed(http: aiohttp.ClientSession, url: str, n: int = 20) -> str:
         took.append(time.perf_counter() - started)
     took.sort()
     return f"median {statistics.median(took) * 1e3:.1f} ms, max {took[-1] * 1e3:.1f} ms"
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss(pid: int) -> float:
@@ -149,10 +181,11 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=None)
     parser.add_argument("--fsync", default="everysec", choices=["everysec", "always"])
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--stats", action="store_true", help="print the server's cost")
     args = parser.parse_args()
     if args.kind == "e2e":
         rates = [
-            asyncio.run(e2e(args.processes, args.messages or 100_000, args.fsync))
+            asyncio.run(e2e(args.processes, args.messages or 100_000, args.fsync, args.stats))
             for _ in range(args.rounds)
         ]
         if len(rates) > 1:

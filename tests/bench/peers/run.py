@@ -13,7 +13,9 @@ the system's workers drain them; end to end is N / (first enqueue to last job do
   private redis-server started for the run on a free port in a temporary directory, with
   persistence off (nothing is fsynced: the most favourable setting for them).
 - the dispatcher: `dispatcher serve` (one process) with durable SQLite (synchronous FULL),
-  fed `--messages` messages in HTTP batches of 1,000 (see dispatcher_peer.py).
+  fed `--messages` messages in HTTP batches of 1,000 (see dispatcher_peer.py);
+  dispatcher-redis: the same on the redis store, on the run's private server switched to
+  `appendonly yes` (`appendfsync everysec`) for that run.
 Each job is counted in its worker process and reported to the private Redis every 20 ms
 (tally.py), so counting costs every system the same and needs no round trip per job.
 
@@ -52,6 +54,7 @@ from . import dispatcher_peer, tally
 #: system -> (module, distribution whose version is reported)
 SYSTEMS = {
     "dispatcher": ("dispatcher_peer", "dispatcher"),
+    "dispatcher-redis": ("dispatcher_peer", "dispatcher"),
     "celery": ("celery_peer", "celery"),
     "dramatiq": ("dramatiq_peer", "dramatiq"),
     "rq": ("rq_peer", "rq"),
@@ -74,6 +77,8 @@ COMMANDS = {
     "arq": [_ARQ, _ARQ],
     "taskiq": ["{bin}/taskiq worker {module}:broker --workers 2 --log-level WARNING"],
 }
+#: our own runs, each compared with every system in the table
+DISPATCHERS = ("dispatcher", "dispatcher-redis")
 PAYLOAD = {"user": 42, "event": "click", "path": "/home"}
 WARM_UP = 200
 
@@ -186,14 +191,16 @@ def run_one(system: str, jobs: int, timeout: float) -> dict[str, Any]:
             env["PYTHONPATH"] = path
             port = _free_port()
             env["PEERS_DISPATCHER_URL"] = f"http://127.0.0.1:{port}"
+            client = redis.Redis.from_url(url)
+            if system == "dispatcher-redis":
+                client.config_set("appendonly", "yes")  # appendfsync stays everysec
             commands = _commands(system, url, directory, port)
             log = open(os.path.join(directory, "workers.log"), "wb")  # noqa: SIM115
             workers = [
                 subprocess.Popen(c, env=env, stdout=log, stderr=subprocess.STDOUT) for c in commands
             ]
-            client = redis.Redis.from_url(url)
             try:
-                if system == "dispatcher":
+                if system in DISPATCHERS:
                     _wait_listening(port, workers[0], time.time() + 30)
                 _produce(system, WARM_UP, env, 120)
                 warm, _ = _wait_for(client, WARM_UP, time.time() + 60)
@@ -223,8 +230,9 @@ def run_one(system: str, jobs: int, timeout: float) -> dict[str, Any]:
 
 
 def _commands(system: str, url: str, directory: str, port: int) -> list[list[str]]:
-    if system == "dispatcher":
-        return dispatcher_peer.workers(directory, port)
+    if system in DISPATCHERS:
+        store = url if system == "dispatcher-redis" else None
+        return dispatcher_peer.workers(directory, port, store)
     fields = {
         "python": sys.executable,
         "bin": os.path.dirname(sys.executable),
@@ -307,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     for r in range(args.rounds):
         order = systems[r % len(systems) :] + systems[: r % len(systems)]
         for system in order:
-            n = args.messages if system == "dispatcher" else args.jobs
+            n = args.messages if system in DISPATCHERS else args.jobs
             try:
                 result = run_one(system, n, args.timeout)
             except Exception as exc:  # one system failing must not lose the others' runs
@@ -352,26 +360,30 @@ def _medians(runs: list[dict[str, Any]], systems: list[str]) -> dict[str, dict[s
         }
         out[system]["runs"] = len(mine)
         out[system]["all_finished"] = all(r["finished"] for r in mine)
-    ours = out.get("dispatcher", {}).get("end_to_end_per_s")
-    for m in out.values():
-        m["dispatcher_ratio"] = ours / m["end_to_end_per_s"] if ours else None
+    for ours in DISPATCHERS:
+        rate = out.get(ours, {}).get("end_to_end_per_s")
+        for m in out.values():
+            m[f"{ours}_ratio"] = rate / m["end_to_end_per_s"] if rate else None
     return out
 
 
 def _table(medians: dict[str, dict[str, Any]], rounds: int) -> str:
+    ours = [d for d in DISPATCHERS if d in medians]
     lines = [
         f"\nmedians of {rounds} rounds:",
-        "| system | enqueue jobs/s | end-to-end jobs/s | CPU µs/job | dispatcher ÷ system |",
-        "|---|---:|---:|---:|---:|",
+        "| system | enqueue jobs/s | end-to-end jobs/s | CPU µs/job |"
+        + "".join(f" {d} ÷ system |" for d in ours),
+        "|---|---:|---:|---:|" + "---:|" * len(ours),
     ]
     ranked = sorted(medians.items(), key=lambda kv: -kv[1]["end_to_end_per_s"])
     for system, m in ranked:
-        ratio = m["dispatcher_ratio"]
-        shown = "—" if system == "dispatcher" or ratio is None else f"{ratio:.1f}×"  # noqa: RUF001
+        ratios = [m[f"{d}_ratio"] for d in ours]
+        shown = ["—" if system in DISPATCHERS else f"{r:.1f}×" for r in ratios]  # noqa: RUF001
         timed_out = "" if m["all_finished"] else " (timed out)"
         lines.append(
             f"| {system}{timed_out} | {m['enqueue_per_s']:,.0f} | "
-            f"{m['end_to_end_per_s']:,.0f} | {m['cpu_us_per_job']:,.0f} | {shown} |"
+            f"{m['end_to_end_per_s']:,.0f} | {m['cpu_us_per_job']:,.0f} |"
+            + "".join(f" {r} |" for r in shown)
         )
     return "\n".join(lines)
 
