@@ -36,9 +36,11 @@ local PREFIX = ARGV[1]
 local READY, CLAIMED, DELIVERED, DEAD, SCHEDULED = 0, 1, 2, 3, 4
 local STEP = 4000  -- arguments per command (Lua's unpack has a limit)
 
--- Writes gathered per (command, key), sent by flush() in the order first asked for.
+-- Writes gathered per (command, key), sent by flush() in the order first asked for. The
+-- hot loops take a command's argument list once (`args_of`, again after each flush) and
+-- append to it inline: a Lua call per write cost the server a third of a microsecond.
 local pending, groups = {}, {}
-local function later(cmd, key, a, b)
+local function args_of(cmd, key)
   local by_key = groups[cmd]
   if not by_key then
     by_key = {}
@@ -50,9 +52,23 @@ local function later(cmd, key, a, b)
     by_key[key] = g
     pending[#pending + 1] = g
   end
-  local args = g[3]
+  return g[3]
+end
+
+local function later(cmd, key, a, b)
+  local args = args_of(cmd, key)
   args[#args + 1] = a
   if b ~= nil then args[#args + 1] = b end
+end
+
+-- A score as text, printed once per distinct value: the jobs of a batch share their
+-- times, and Redis would otherwise print the number (%.17g, slow) for every argument.
+local last_score, last_text
+local function score(x)
+  if x ~= last_score then
+    last_score, last_text = x, string.format('%.17g', x)
+  end
+  return last_text
 end
 
 -- Meta records read in this script, and those changed (written by flush).
@@ -82,7 +98,9 @@ local function put(k, m)
   metas[k] = m
   if not dirty[k] then
     dirty[k] = true
-    later('HSET', META, k, false)  -- the value is packed at flush, from metas[k]
+    local args = args_of('HSET', META)
+    local n = #args
+    args[n + 1], args[n + 2] = k, false  -- the value is packed at flush, from metas[k]
   end
 end
 
@@ -116,7 +134,9 @@ local function push_ready(k, m)
     ready_keys[m[4]] = rk
     later('ZADD', PRIOS, -m[4], name)
   end
-  later('ZADD', rk, m[3], k)
+  local args = args_of('ZADD', rk)
+  local n = #args
+  args[n + 1], args[n + 2] = score(m[3]), k
 end
 
 -- Drop a job and everything it holds (its message, attempts, history, its id's entry).
@@ -167,6 +187,7 @@ for i = 1, #ids, STEP do
 end
 local out = {}
 local at = 1
+local w_ids, w_msg, w_live = args_of('HSET', IDS), args_of('HSET', MSG), args_of('ZADD', LIVE)
 for i, r in ipairs(records) do
   local id, k = r[1], r[2]
   local blob = string.sub(blobs, at, at + r[8] - 1)
@@ -179,9 +200,10 @@ for i, r in ipairs(records) do
       later('ZADD', DEDUPX, r[7], id)
     end
     local m = {READY, 0, r[4], r[3], r[5], 0, false, false, false, id, 0, false}
-    later('HSET', IDS, id, k)
-    later('HSET', MSG, k, blob)
-    later('ZADD', LIVE, m[5], k)
+    local n = #w_ids
+    w_ids[n + 1], w_ids[n + 2] = id, k
+    w_msg[n + 1], w_msg[n + 2] = k, blob  -- the three lists grow in step
+    w_live[n + 1], w_live[n + 2] = score(m[5]), k
     if m[3] > m[5] then
       m[1] = SCHEDULED
       later('ZADD', SCHED, m[3], k)
@@ -236,16 +258,19 @@ if rate > 0 then
   limit = math.min(limit, math.floor(level))
 end
 local claimed = {}
+local until_text, leases = string.format('%.17g', deadline), args_of('ZADD', LEASE)
 for _, p in ipairs(redis.call('ZRANGE', PRIOS, 0, -1)) do
   if #claimed >= limit then break end
   local rk = PREFIX .. ':r:' .. p
   local keys = take(rk, now, limit - #claimed)
   for i, m in ipairs(get_many(keys)) do
     if m and m[1] == READY then
+      local k = keys[i]
       m[1], m[6], m[12] = CLAIMED, m[6] + 1, consumer
-      put(keys[i], m)
-      later('ZADD', LEASE, deadline, keys[i])
-      claimed[#claimed + 1] = keys[i]
+      put(k, m)
+      local n = #leases
+      leases[n + 1], leases[n + 2] = until_text, k
+      claimed[#claimed + 1] = k
     end
   end
   if redis.call('EXISTS', rk) == 0 then redis.call('ZREM', PRIOS, p) end
@@ -280,21 +305,25 @@ local keys = {}
 for i, r in ipairs(records) do keys[i] = r[1] end
 local found = get_many(keys)
 local at = 1
+local leases, logs = args_of('ZREM', LEASE), args_of('HSET', LOG)
+local done, live = args_of('ZADD', DONE), args_of('ZREM', LIVE)
 for i, r in ipairs(records) do
   local k, m = r[1], found[i]
   local attempt = string.sub(blobs, at, at + r[7] - 1)
   at = at + r[7]
   if m and m[1] == CLAIMED and m[6] == r[2] then
-    later('ZREM', LEASE, k)
+    leases[#leases + 1] = k
     -- A first attempt starts the log; a later one (a retry) appends to it.
     if m[2] > 0 then attempt = (redis.call('HGET', LOG, k) or '') .. attempt end
-    later('HSET', LOG, k, attempt)
+    local n = #logs
+    logs[n + 1], logs[n + 2] = k, attempt
     m[2], m[12] = m[2] + 1, false
     local fate, when = r[3], r[4]
     if fate == 'd' then
       m[1], m[7] = DELIVERED, when
-      later('ZADD', DONE, when, k)
-      later('ZREM', LIVE, k)
+      n = #done
+      done[n + 1], done[n + 2] = when, k
+      live[#live + 1] = k
     elseif fate == 'r' then
       m[1], m[3], m[9] = SCHEDULED, when, r[6] or false
       later('ZADD', SCHED, when, k)
