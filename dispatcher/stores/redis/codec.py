@@ -7,6 +7,7 @@ re-encode of the whole log.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Final
 
 import msgspec
@@ -38,8 +39,16 @@ _STATE = {
 }
 
 
+_MEMBER: Final = f"%0{MEMBER_DIGITS}x"  # %-format: the fastest, and enqueue names every job
+
+
 def member(number: int) -> str:
-    return f"{number:0{MEMBER_DIGITS}x}"
+    return _MEMBER % number
+
+
+def members(numbers: Iterable[int]) -> list[str]:
+    """member() of each number, in one pass."""
+    return [_MEMBER % n for n in numbers]
 
 
 def number_of(member: bytes | str) -> int:
@@ -57,6 +66,13 @@ def split_key(key: int) -> tuple[str, int]:
 
 def message(blob: bytes) -> Message:
     return _message.decode(blob)
+
+
+def claimed(raw: bytes) -> tuple[int, float, int]:
+    """(attempts, available_at, claims) of a meta record: what a claimed Job needs, without
+    building a Meta (a claim reads one per job)."""
+    m = _meta.decode(raw)
+    return m[1], float(m[2]), m[5]
 
 
 class Meta:

@@ -32,7 +32,7 @@ from ..base import (
     require_pools,
 )
 from . import codec
-from .codec import Meta, member, number
+from .codec import Meta, number
 from .connect import connect, durability
 from .dlq import CHUNK, DeadLetters
 from .keys import Keys
@@ -180,32 +180,37 @@ class RedisStore(Store):
                 in_batch = index if in_batch is None else in_batch
             repeat.append(True)
 
-        fanned = [(new, tuple(dict.fromkeys(new.pools))) for new in batch]
-        numbers = iter(await self._take_numbers(sum(len(p) for _, p in fanned)))
+        # Most messages go to one pool: no dedup of their pools needed.
+        fanned = [n.pools if len(n.pools) == 1 else tuple(dict.fromkeys(n.pools)) for n in batch]
+        members = iter(codec.members(await self._take_numbers(sum(map(len, fanned)))))
         records: dict[str, list[tuple[Any, ...]]] = {}
         blobs: dict[str, list[bytes]] = {}
         index_of: dict[str, list[int]] = {}  # per pool: the batch index of each message
         answer_at: list[tuple[str, int] | None] = []  # per message: (first pool, its place)
         digests = False
-        for index, ((new, pools), again) in enumerate(zip(fanned, repeat, strict=True)):
+        encode = codec.encode
+        for index, (new, pools, again) in enumerate(zip(batch, fanned, repeat, strict=True)):
             if again:
                 answer_at.append(None)
                 continue
             m = new.message
-            blob = codec.encode(m)
-            available_at = max(m.available_at, m.created_at)
-            for j, pool in enumerate(pools):
-                digest = new.digest.hex() if new.digest is not None and j == 0 else ""
-                digests = digests or bool(digest)
-                if j == 0:
-                    answer_at.append((pool, len(index_of.get(pool, ()))))
-                job = member(next(numbers))
-                until = float(new.dedup_until)
+            blob = encode(m)
+            size = len(blob)
+            created = m.created_at
+            available_at = m.available_at if m.available_at > created else created
+            # The producer id's digest is kept in the first pool only.
+            digest = "" if new.digest is None else new.digest.hex()
+            digests = digests or bool(digest)
+            until = float(new.dedup_until)
+            home = pools[0]
+            answer_at.append((home, len(index_of.get(home, ()))))
+            for pool in pools:
                 records.setdefault(pool, []).append(
-                    (m.id, job, m.priority, available_at, m.created_at, digest, until, len(blob))
+                    (m.id, next(members), m.priority, available_at, created, digest, until, size)
                 )
                 blobs.setdefault(pool, []).append(blob)
                 index_of.setdefault(pool, []).append(index)
+                digest = ""
         args = {pool: (codec.encode(rs), b"".join(blobs[pool])) for pool, rs in records.items()}
 
         new_pools = [p for p in args if p not in self._known_pools]
@@ -247,19 +252,12 @@ class RedisStore(Store):
         )
         jobs = []
         held = self._held.setdefault(pool, {})
+        message, job_key, number_of = codec.message, codec.job_key, codec.number_of
         for key, raw, blob in rows:
-            meta = Meta(raw)
-            held[key.decode()] = meta.claims
-            job_number = codec.number_of(key)
-            jobs.append(
-                Job(
-                    codec.job_key(job_number, meta.claims),
-                    pool,
-                    codec.message(blob),
-                    meta.attempts,
-                    meta.available_at,
-                )
-            )
+            attempts, available_at, claims = codec.claimed(raw)
+            held[key.decode()] = claims
+            key = job_key(number_of(key), claims)
+            jobs.append(Job(key, pool, message(blob), attempts, available_at))
         due = None if next_at is None else float(next_at)
         if dry is not None:  # the shared bucket ran dry: come back when it has a token
             due = min(due or math.inf, now + float(dry))
