@@ -187,14 +187,17 @@ def to_publish(item: MessageIn, index: int | None, trace: str | None, *, depth: 
     if not _known_tag(item.tag):
         check_tag(item.tag, f"{_prefix(index)}/tag")
     payload = bytes(item.payload)
-    # check_payload_depth's own first test, so that the common case builds no pointer
-    if payload.count(b"{") + payload.count(b"[") > strictjson.MAX_DEPTH - depth:
+    # check_payload_depth's own first test, so that the common case builds no pointer; a
+    # payload with fewer bytes than the brackets it would need is not even counted
+    room = strictjson.MAX_DEPTH - depth
+    if len(payload) > room and payload.count(b"{") + payload.count(b"[") > room:
         check_payload_depth(payload, depth, f"{_prefix(index)}/payload")
     if item.id is not None and not MESSAGE_ID.match(item.id):
         raise InvalidMessage(
             "id must be 1 to 128 of [A-Za-z0-9._:~@+=-]", pointer=f"{_prefix(index)}/id"
         )
-    if not math.isfinite(item.delay) or not 0 <= item.delay <= MAX_DELAY:
+    delay = item.delay
+    if delay and (not math.isfinite(delay) or not 0 <= delay <= MAX_DELAY):  # NaN is truthy
         raise InvalidMessage(
             f"delay must be between 0 and {MAX_DELAY:g} seconds",
             pointer=f"{_prefix(index)}/delay",
