@@ -95,7 +95,9 @@ class Pool:
         self._clock = clock  # wall time: schedules, attempt timestamps
         self._monotonic = monotonic  # durations: pacing, rate tokens, attempt timeouts
         self._random = random
-        self._chain = chain or Chain(())
+        # None when no middleware has a hook: an attempt then makes no observer call at all
+        # (not even Chain.__bool__, a Python call).
+        self._chain = chain if chain else None
         # Live settings (the API and console change these).
         self.rate: float | None = config.rate
         self.burst: int = config.effective_burst
@@ -409,7 +411,7 @@ class Pool:
     async def _attempt(self, worker: _Worker, job: Job, ticket: int) -> None:
         n = job.attempts + 1
         chain = self._chain
-        states = chain.before(job, n) if chain else None
+        states = chain.before(job, n) if chain is not None else None
         started_at = self._clock()
         error: str | None = None
         retryable = True
@@ -476,7 +478,7 @@ class Pool:
                 self.config.retry, n, retryable, self._clock(), self._random, retry_after
             )
             completion = Completion(job, attempt, retry_at, dead)
-        if states is not None:
+        if chain is not None and states is not None:
             chain.after(completion, states)
         self._acker.add(completion)
 
