@@ -43,7 +43,7 @@ from .message import (
     Publish,
 )
 from .middleware import Chain, Middleware
-from .observe.logs import LogContextMiddleware
+from .observe.logs import log_failure
 from .observe.metrics import STORE_OPERATIONS, Metrics
 from .observe.tracing import Tracing
 from .pool import Pool
@@ -96,9 +96,11 @@ class Dispatcher:
         self._acker: Acker | None = None
         self.draining = False
         self.started = False
-        # Metrics, traces and log context wrap each delivery as middleware, outermost first
-        # (the span is current for log records and metric exemplars); `observability=False`
-        # leaves the engine bare (the overhead benchmark's baseline).
+        # Metrics and traces wrap each delivery as middleware, outermost first (the span is
+        # current for log records and metric exemplars). The log context costs an attempt
+        # nothing: a worker's is set once per worker (pool.py), and a failed attempt's log
+        # line is each pool's `on_failure`. `observability=False` leaves the engine bare (the
+        # overhead benchmark's baseline).
         self._observe = observability
         self.metrics = Metrics(
             settings, self, store_kind=self.store.kind, durable=lambda: self.store.durable
@@ -106,7 +108,7 @@ class Dispatcher:
         self.tracing = Tracing(tracer_provider, enabled=observability)
         if observability:
             self.store = InstrumentedStore(self.store, self.metrics.store_seconds, STORE_OPERATIONS)
-            observers: list[Middleware] = [LogContextMiddleware(), self.metrics.middleware]
+            observers: list[Middleware] = [self.metrics.middleware]
             if self.tracing.live:
                 observers.insert(0, self.tracing.middleware)
                 self.metrics.middleware.exemplars = True
@@ -161,6 +163,7 @@ class Dispatcher:
                 random=self._random,
                 chain=chain,
                 on_circuit=self._actions.circuit_changed,
+                on_failure=log_failure if self._observe else None,
             )
             apply_overrides(pool, overrides.get(name, {}), starting=True)
             c = counts.get(name, PoolCounts())

@@ -324,6 +324,31 @@ async def test_a_failing_observer_never_breaks_a_delivery(
         assert len(rec.requests) == 5  # each once: the failure did not turn into a retry
 
 
+async def test_a_failing_failure_log_never_breaks_a_retry(
+    aiohttp_client: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log line of a failed attempt is the one observer a pool calls per attempt (per
+    failed one); raising there must not lose the attempt's outcome."""
+    import dispatcher.dispatcher
+
+    def explode(*args: Any) -> None:
+        raise RuntimeError("observer down")
+
+    monkeypatch.setattr(dispatcher.dispatcher, "log_failure", explode)
+    async with receiver() as rec:
+        rec.script = lambda name, n: 503 if n == 1 else 200
+        retry = {"initial_backoff": 0.01, "max_backoff": 0.01}
+        settings = factories.webhook_settings(
+            rec.url, {"a": {"retry": retry}}, [{"match": "t", "pools": ["a"]}]
+        )
+        client = await aiohttp_client(create_app(settings))
+        d = client.app[DISPATCHER]
+        await d.publish([_publish("t")])
+        await rec.wait_for(2)
+        await eventually(lambda: d.attempt_totals()["a"] == (1, 1))
+        assert d.metrics.series["a"].retries == 1
+
+
 async def test_metrics_are_per_app_not_global(aiohttp_client: Callable[..., Any]) -> None:
     async with receiver() as rec:
         settings = factories.webhook_settings(rec.url, {"a": {}}, [{"match": "t", "pools": ["a"]}])
