@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -293,20 +293,18 @@ class Metrics:
         """After the acker wrote a batch: the attempts of `pool` in it, split by outcome."""
         count_completions(self.series[pool], delivered, failed)
 
-    def published(self, wanted: Mapping[str, int], results: Iterable[Accepted]) -> None:
-        """After a committed batch: `wanted` jobs per pool, less the duplicates."""
+    def published(self, wanted: Mapping[str, int], duplicates: Sequence[Accepted]) -> None:
+        """After a committed batch: `wanted` jobs per pool, less those of its `duplicates`
+        (which the publisher finds anyway: no pass over the batch here)."""
         enqueued = dict(wanted)
-        duplicates = 0
-        for accepted in results:
-            if accepted.duplicate:
-                duplicates += 1
-                for pool in accepted.pools:
-                    enqueued[pool] -= 1
+        for accepted in duplicates:
+            for pool in accepted.pools:
+                enqueued[pool] -= 1
         for pool, n in enqueued.items():
             if n:
                 self._enqueued[pool].inc(n)
         if duplicates:
-            self._rejected["duplicate"].inc(duplicates)
+            self._rejected["duplicate"].inc(len(duplicates))
 
     def reject(self, reason: str, n: int = 1) -> None:
         child = self._rejected.get(reason)
