@@ -80,15 +80,17 @@ class FastHistogram:
         and a bisection per bucket in between. `rising`: the values come about in ascending
         order (a batch's queue waits and end-to-end times: the attempts' order), so sorting
         first costs little and gives both ends; otherwise min and max do, and only a batch
-        that spans buckets is sorted (a batch's durations are in no order, and their floats
-        cold: a sort costs twice min and max). May sort `values`."""
+        that spans buckets is sorted (sorting values in no order, as a batch's durations
+        are, costs twice min and max: its comparisons are unpredictable). May sort
+        `values`."""
         if not values:
             return
         if rising:
             values.sort()
         bounds, counts = self.bounds, self.counts
-        first = bisect_left(bounds, values[0] if rising else min(values))
         last = bisect_left(bounds, values[-1] if rising else max(values))
+        # all within the first bucket (a fast sink's durations): no need for the lowest
+        first = bisect_left(bounds, values[0] if rising else min(values)) if last else 0
         below = 0  # how many values lie in the buckets before bucket i
         if first < last:
             values.sort()  # (when rising, already sorted: a comparison a value)
@@ -159,7 +161,7 @@ def _count_failed(s: PoolSeries, failed: Sequence[Completion]) -> None:
     s.failure += len(failures)
     s.duration["timeout"].observe_many(timeouts)
     s.duration["failure"].observe_many(failures)
-    s.queue_wait.observe_many(queue_waits(failed))
+    s.queue_wait.observe_many(queue_waits(failed), rising=True)
     for c in failed:
         if c.retry_at is not None:
             s.retries += 1
@@ -168,11 +170,15 @@ def _count_failed(s: PoolSeries, failed: Sequence[Completion]) -> None:
 
 
 def queue_waits(completions: Sequence[Completion]) -> list[float]:
-    """Ready to attempt start, of each; never below 0 (processes sharing a store have two
-    clocks)."""
+    """Ready to attempt start, of each, in ascending order; never below 0 (processes sharing
+    a store have two clocks). Sorted first, which costs little as the waits of a batch about
+    rise (far less than min() would, which compares generically) and puts any negative ones
+    in front."""
     waits = [c.attempt.started_at - c.job.enqueued_at for c in completions]
-    if waits and min(waits) < 0.0:
-        waits = [w if w > 0.0 else 0.0 for w in waits]
+    waits.sort()
+    if waits and waits[0] < 0.0:
+        negative = bisect_left(waits, 0.0)
+        waits[:negative] = [0.0] * negative
     return waits
 
 
