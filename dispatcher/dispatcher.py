@@ -17,7 +17,7 @@ import os
 import random as _random
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from opentelemetry.trace import TracerProvider
@@ -38,12 +38,13 @@ from .message import (
     DlqFilter,
     IdGenerator,
     MessageStatus,
+    Outcome,
     PoolCounts,
     PoolInfo,
     Publish,
 )
 from .middleware import Chain, Middleware
-from .observe.logs import LogContextMiddleware
+from .observe.logs import log_failure
 from .observe.metrics import STORE_OPERATIONS, Metrics
 from .observe.tracing import Tracing
 from .pool import Pool
@@ -58,6 +59,7 @@ from .stores.instrumented import InstrumentedStore
 log = logging.getLogger("dispatcher")
 
 _UNSET: Any = object()
+_SUCCESS = Outcome.SUCCESS
 
 
 class Dispatcher:
@@ -96,9 +98,13 @@ class Dispatcher:
         self._acker: Acker | None = None
         self.draining = False
         self.started = False
-        # Metrics, traces and log context wrap each delivery as middleware, outermost first
-        # (the span is current for log records and metric exemplars); `observability=False`
-        # leaves the engine bare (the overhead benchmark's baseline).
+        # Observers cost an attempt nothing they can do elsewhere: metrics count each batch
+        # of outcomes the acker wrote (`_applied`), a worker's log context is set once per
+        # worker (pool.py), and a failed attempt's log line is each pool's `on_failure`. Only
+        # while traces record do attempts pass through middleware: the span around each (it
+        # is current for the user's middleware and the sink) and the metric exemplars that
+        # need it. `observability=False` leaves the engine bare (the overhead benchmark's
+        # baseline).
         self._observe = observability
         self.metrics = Metrics(
             settings, self, store_kind=self.store.kind, durable=lambda: self.store.durable
@@ -106,11 +112,8 @@ class Dispatcher:
         self.tracing = Tracing(tracer_provider, enabled=observability)
         if observability:
             self.store = InstrumentedStore(self.store, self.metrics.store_seconds, STORE_OPERATIONS)
-            observers: list[Middleware] = [LogContextMiddleware(), self.metrics.middleware]
             if self.tracing.live:
-                observers.insert(0, self.tracing.middleware)
-                self.metrics.middleware.exemplars = True
-            self._middleware[:0] = observers
+                self._middleware[:0] = [self.tracing.middleware, self.metrics.exemplars]
         self._admission = Admission(self.pools)
         self._actions = Actions(
             self.store,
@@ -161,6 +164,7 @@ class Dispatcher:
                 random=self._random,
                 chain=chain,
                 on_circuit=self._actions.circuit_changed,
+                on_failure=log_failure if self._observe else None,
             )
             apply_overrides(pool, overrides.get(name, {}), starting=True)
             c = counts.get(name, PoolCounts())
@@ -262,15 +266,25 @@ class Dispatcher:
             raise Unavailable("the dispatcher is shutting down", retry_after=5.0)
 
     def _applied(self, completions: Sequence[Completion]) -> None:
-        """After the acker wrote a batch: update backlog counts, wake pools for retries."""
+        """After the acker wrote a batch: update backlog counts, wake pools for retries, then
+        count the attempts in the metrics (last: an observer that raised would leave the
+        backlog counts right; the acker logs it)."""
+        groups = _by_pool(completions)
         outstanding = self._admission.outstanding
-        for c in completions:
-            pool = c.job.pool
-            self._attempt_totals[pool][c.attempt.outcome != "success"] += 1
-            if c.retry_at is not None:
-                self.pools[pool].notify(c.retry_at)
-            else:
-                outstanding[pool] -= 1
+        for pool, delivered, failed in groups:
+            finished = len(delivered)
+            for c in failed:
+                if c.retry_at is not None:
+                    self.pools[pool].notify(c.retry_at)
+                else:
+                    finished += 1
+            outstanding[pool] -= finished
+            totals = self._attempt_totals[pool]
+            totals[0] += len(delivered)
+            totals[1] += len(failed)
+        if self._observe:
+            for group in groups:
+                self.metrics.completed(*group)
 
     # --- status --------------------------------------------------------------------------
     async def get_message(self, message_id: str) -> MessageStatus | None:
@@ -403,6 +417,29 @@ class Dispatcher:
         self, *, limit: int = 50, cursor: str | None = None
     ) -> tuple[list[AuditEntry], str | None]:
         return await self.store.audit_list(limit, cursor)
+
+
+def _by_pool(
+    completions: Sequence[Completion],
+) -> list[tuple[str, Sequence[Completion], Sequence[Completion]]]:
+    """A batch of outcomes per pool: (pool, delivered, failed). A list comprehension or two
+    for the usual batch (one busy pool, every attempt delivered), not a loop in Python."""
+    pools = {c.job.pool for c in completions}
+    if len(pools) == 1:
+        batches: Iterable[tuple[str, Sequence[Completion]]] = ((pools.pop(), completions),)
+    else:
+        grouped: dict[str, list[Completion]] = {pool: [] for pool in pools}
+        for c in completions:
+            grouped[c.job.pool].append(c)
+        batches = grouped.items()
+    groups: list[tuple[str, Sequence[Completion], Sequence[Completion]]] = []
+    for pool, batch in batches:
+        delivered = [c for c in batch if c.attempt.outcome is _SUCCESS]
+        failed: list[Completion] = []
+        if len(delivered) < len(batch):
+            failed = [c for c in batch if c.attempt.outcome is not _SUCCESS]
+        groups.append((pool, delivered, failed))
+    return groups
 
 
 def _consumer_name(port: int) -> str:

@@ -1,4 +1,6 @@
-"""Middleware: observers wrapped around every delivery attempt (metrics, tracing, logs).
+"""Middleware: observers wrapped around every delivery attempt: a user's, and the span of
+each attempt (with its metric exemplars) while traces record. The built-in metrics and log
+context cost no call per attempt (see observe/__init__.py).
 
 Each middleware sees `before_attempt` (in order) and `after_attempt` (in reverse order, with
 whatever its `before_attempt` returned, e.g. a span). They observe; they never decide. An

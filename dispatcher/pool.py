@@ -40,7 +40,7 @@ from .message import Attempt, Completion, Job, Outcome
 from .middleware import Chain
 from .ratelimit import TokenBucket
 from .retry import decide
-from .sinks.base import Sink
+from .sinks.base import Attempting, Sink, current_attempt
 from .stores.base import Store
 
 log = logging.getLogger("dispatcher.pool")
@@ -61,13 +61,15 @@ def clean_error(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-class _Worker:
-    __slots__ = ("index", "job", "started", "task", "timed_out")
+class _Worker(Attempting):
+    """One worker task; `job` (Attempting's) is the job it attempts, read by log records."""
+
+    __slots__ = ("index", "started", "task", "timed_out")
 
     def __init__(self, index: int) -> None:
+        super().__init__()
         self.index = index
         self.task: asyncio.Task[None] | None = None
-        self.job: Job | None = None
         self.started: float | None = None  # monotonic start of the running attempt
         self.timed_out = False
 
@@ -86,6 +88,7 @@ class Pool:
         random: Callable[[], float] = _random.random,
         chain: Chain | None = None,
         on_circuit: Callable[[str, CircuitState, str], None] | None = None,
+        on_failure: Callable[[Completion], None] | None = None,
     ) -> None:
         self.name = name
         self.config = config
@@ -95,7 +98,10 @@ class Pool:
         self._clock = clock  # wall time: schedules, attempt timestamps
         self._monotonic = monotonic  # durations: pacing, rate tokens, attempt timeouts
         self._random = random
-        self._chain = chain or Chain(())
+        # None when no middleware has a hook: an attempt then makes no observer call at all
+        # (not even Chain.__bool__, a Python call).
+        self._chain = chain if chain else None
+        self._on_failure = on_failure  # a failed attempt, while it is current (its log line)
         # Live settings (the API and console change these).
         self.rate: float | None = config.rate
         self.burst: int = config.effective_burst
@@ -354,6 +360,7 @@ class Pool:
 
     # --- workers -------------------------------------------------------------------------
     async def _work(self, worker: _Worker) -> None:
+        current_attempt.set(worker)  # this task's own context: log records read worker.job
         window = self._window
         gate = self.gate
         while True:
@@ -408,14 +415,14 @@ class Pool:
 
     async def _attempt(self, worker: _Worker, job: Job, ticket: int) -> None:
         n = job.attempts + 1
+        worker.job = job  # before the middleware: their log records name the attempt too
         chain = self._chain
-        states = chain.before(job, n) if chain else None
+        states = chain.before(job, n) if chain is not None else None
         started_at = self._clock()
         error: str | None = None
         retryable = True
         overloaded = False
         retry_after: float | None = None
-        worker.job = job
         worker.timed_out = False
         self.busy += 1
         worker.started = start = self._monotonic()
@@ -465,7 +472,6 @@ class Pool:
                 overloaded or outcome is Outcome.TIMEOUT,
                 self.busy + 1,
             )
-        worker.job = None
         if error is not None:
             error = clean_error(error)
         attempt = Attempt(n, started_at, duration, outcome, error)
@@ -476,9 +482,18 @@ class Pool:
                 self.config.retry, n, retryable, self._clock(), self._random, retry_after
             )
             completion = Completion(job, attempt, retry_at, dead)
-        if states is not None:
+            if self._on_failure is not None:
+                self._failed(self._on_failure, completion)
+        if chain is not None and states is not None:
             chain.after(completion, states)
         self._acker.add(completion)
+        worker.job = None  # only now: a failure's log line and after_attempt name the attempt
+
+    def _failed(self, hook: Callable[[Completion], None], completion: Completion) -> None:
+        try:
+            hook(completion)
+        except Exception:  # an observer never breaks a delivery
+            log.exception("pool %s: the failed-attempt hook failed", self.name)
 
     # --- timeouts ------------------------------------------------------------------------
     async def _watch(self) -> None:

@@ -195,14 +195,17 @@ class Publisher:
         counts); duplicates give their backlog room back."""
         self._admission.committed(wanted)
         results: list[Accepted] = []
+        duplicates: list[Accepted] = []
         for new, fresh in zip(batch, stored, strict=True):
+            accepted = Accepted(new.message.id, new.message.tag, new.pools, not fresh)
+            results.append(accepted)
             if not fresh:
                 self._admission.release(dict.fromkeys(new.pools, 1))
-            results.append(Accepted(new.message.id, new.message.tag, new.pools, not fresh))
+                duplicates.append(accepted)
         for pool in wanted:
             self._pools[pool].notify()
         if self._metrics is not None:
-            self._metrics.published(wanted, results)
+            self._metrics.published(wanted, duplicates)
         return results
 
 

@@ -8,14 +8,15 @@ import io
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from dispatcher import Dispatcher, Publish, cli
-from dispatcher.message import Message
+from dispatcher import Dispatcher, Middleware, Publish, Retry, cli
+from dispatcher.message import Completion, Job, Message, Outcome
 from dispatcher.observe import logs
 
 from . import factories
@@ -31,6 +32,38 @@ user_log = logging.getLogger("tests.handler")
 async def handler(message: Message) -> None:
     """A python sink handler that logs: its records get the attempt's context."""
     user_log.info("handling")
+
+
+FAILED_ONCE: set[str] = set()
+
+
+async def fail_once(message: Message) -> None:
+    if message.id not in FAILED_ONCE:
+        FAILED_ONCE.add(message.id)
+        raise Retry("once")
+
+
+def sleepy(message: Message) -> None:
+    """A sync handler (its own thread) that outlives its attempt's timeout, then logs."""
+    time.sleep(0.45 if message.payload == b'"slow"' else 0.25)
+    user_log.info("woke")
+
+
+class Recording(Middleware):
+    """A user's middleware: what it saw, and a log line from each hook."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[object, ...]] = []
+
+    def before_attempt(self, job: Job, attempt: int) -> object:
+        user_log.info("before")
+        self.seen.append(("before", job.message.id, attempt))
+        return attempt * 10
+
+    def after_attempt(self, completion: Completion, state: object) -> None:
+        user_log.info("after")
+        attempt = completion.attempt
+        self.seen.append(("after", completion.job.message.id, attempt.n, attempt.outcome, state))
 
 
 class Tty(io.StringIO):
@@ -114,6 +147,64 @@ async def test_a_handlers_own_logs_get_the_context_and_tty_is_human() -> None:
     assert f"message_id={accepted.id}" in line
     assert "pool=py" in line
     assert "attempt=1" in line
+
+
+@pytest.mark.usefixtures("restore_root")
+async def test_a_users_middleware_runs_per_attempt_in_the_attempts_context() -> None:
+    stream = io.StringIO()
+    output = await asyncio.to_thread(logs.configure, "INFO", stream)
+    middleware = Recording()
+    try:
+        sink = {"type": "python", "handler": f"{__name__}:fail_once"}
+        retry = {"initial_backoff": 0.01, "max_backoff": 0.01}
+        settings = factories.settings(
+            pools={"py": {"sink": sink, "retry": retry}},
+            routes=[{"match": "t", "pools": ["py"]}],
+        )
+        async with running(Dispatcher(settings, middleware=[middleware])) as d:
+            (accepted,) = await d.publish([Publish("t", b"{}")])
+            await eventually(lambda: d.attempt_totals()["py"] == (1, 1))
+    finally:
+        await asyncio.to_thread(output.stop)  # joins the writer thread
+    mid = accepted.id
+    assert middleware.seen == [
+        ("before", mid, 1),
+        ("after", mid, 1, Outcome.FAILURE, 10),
+        ("before", mid, 2),
+        ("after", mid, 2, Outcome.SUCCESS, 20),
+    ]
+    hooks = [r for r in _lines(stream) if r["message"] in ("before", "after")]
+    assert [(r["message"], r["attempt"]) for r in hooks] == [
+        ("before", 1), ("after", 1), ("before", 2), ("after", 2)
+    ]  # fmt: skip
+    assert all(r["message_id"] == mid and r["pool"] == "py" for r in hooks)
+
+
+@pytest.mark.usefixtures("restore_root")
+async def test_a_handler_thread_that_outlives_its_attempt_logs_as_its_own_message() -> None:
+    """The worker moved on to the next message meanwhile; the thread's records must not say
+    so (a worker holds the job it attempts, a thread its own)."""
+    stream = io.StringIO()
+    output = await asyncio.to_thread(logs.configure, "INFO", stream)
+    try:
+        settings = factories.settings(
+            pools={
+                "py": {
+                    "sink": {"type": "python", "handler": f"{__name__}:sleepy"},
+                    "concurrency": 1,
+                    "timeout": 0.3,
+                    "retry": {"max_attempts": 1},
+                }
+            },
+            routes=[{"match": "t", "pools": ["py"]}],
+        )
+        async with running(Dispatcher(settings)) as d:
+            slow, quick = await d.publish([Publish("t", b'"slow"'), Publish("t", b'"quick"')])
+            await eventually(lambda: stream.getvalue().count("woke") == 2)
+    finally:
+        await asyncio.to_thread(output.stop)  # joins the writer thread
+    woke = {r["message_id"]: r["attempt"] for r in _lines(stream) if r["message"] == "woke"}
+    assert woke == {slow.id: 1, quick.id: 1}
 
 
 def test_json_formatter_outside_an_attempt() -> None:

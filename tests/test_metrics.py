@@ -4,7 +4,9 @@ every counter compared with what the receiver itself saw."""
 from __future__ import annotations
 
 import asyncio
+import random
 import shutil
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -14,8 +16,15 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.openmetrics import parser as openmetrics_parser
 
+from dispatcher import Dispatcher, Middleware
 from dispatcher.app import create_app
-from dispatcher.message import DlqFilter
+from dispatcher.message import Completion, DlqFilter, Job, Outcome
+from dispatcher.observe.metrics import (
+    DELIVERY_BUCKETS,
+    FastHistogram,
+    PoolSeries,
+    count_completions,
+)
 from dispatcher.state import DISPATCHER
 
 from . import factories
@@ -223,6 +232,9 @@ async def test_ten_thousand_tags_add_no_series(aiohttp_client: Callable[..., Any
     _, before = await scrape(client)
     await dispatcher.publish([_publish(f"t.tag{i}.x{i % 7}") for i in range(10_000)])
     await asyncio.wait_for(handlers.state["done"].wait(), timeout=40)
+    # Metrics count each batch of outcomes once the acker has written it, just after the sink
+    # returned: wait until every outcome is written.
+    await eventually(lambda: dispatcher.attempt_totals()["a"] == (10_001, 0))
     _, after = await scrape(client)
     assert set(after) == set(before)  # the same series, only values moved
     assert value(after, "dispatcher_deliveries_total", pool="a", outcome="success") == 10_001
@@ -299,19 +311,28 @@ async def test_http_handler_label_is_the_route_not_the_path(rig: Any) -> None:
     assert not any("id-" in h or "123" in h for h in handlers)
 
 
+class Exploding(Middleware):
+    def before_attempt(self, job: Job, attempt: int) -> object:
+        raise RuntimeError("observer down")
+
+    def after_attempt(self, completion: Completion, state: object) -> None:
+        raise RuntimeError("observer down")
+
+
 async def test_a_failing_observer_never_breaks_a_delivery(
     aiohttp_client: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dispatcher.observe.metrics import MetricsMiddleware
+    """Neither the metrics (per batch of outcomes) nor a user's middleware (per attempt)."""
+    from dispatcher.observe.metrics import Metrics
 
     def explode(*args: Any) -> None:
         raise RuntimeError("observer down")
 
-    monkeypatch.setattr(MetricsMiddleware, "after_attempt", explode)
-    monkeypatch.setattr(MetricsMiddleware, "before_attempt", explode)
+    monkeypatch.setattr(Metrics, "completed", explode)
     async with receiver() as rec:
         settings = factories.webhook_settings(rec.url, {"a": {}}, [{"match": "t", "pools": ["a"]}])
-        client = await aiohttp_client(create_app(settings))
+        dispatcher = Dispatcher(settings, middleware=[Exploding()])
+        client = await aiohttp_client(create_app(settings, dispatcher=dispatcher))
         await client.app[DISPATCHER].publish([_publish("t") for _ in range(5)])
         await rec.wait_for(5)
         dispatcher = client.app[DISPATCHER]
@@ -322,6 +343,31 @@ async def test_a_failing_observer_never_breaks_a_delivery(
 
         await eventually(delivered)
         assert len(rec.requests) == 5  # each once: the failure did not turn into a retry
+
+
+async def test_a_failing_failure_log_never_breaks_a_retry(
+    aiohttp_client: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log line of a failed attempt is the one observer a pool calls per attempt (per
+    failed one); raising there must not lose the attempt's outcome."""
+    import dispatcher.dispatcher
+
+    def explode(*args: Any) -> None:
+        raise RuntimeError("observer down")
+
+    monkeypatch.setattr(dispatcher.dispatcher, "log_failure", explode)
+    async with receiver() as rec:
+        rec.script = lambda name, n: 503 if n == 1 else 200
+        retry = {"initial_backoff": 0.01, "max_backoff": 0.01}
+        settings = factories.webhook_settings(
+            rec.url, {"a": {"retry": retry}}, [{"match": "t", "pools": ["a"]}]
+        )
+        client = await aiohttp_client(create_app(settings))
+        d = client.app[DISPATCHER]
+        await d.publish([_publish("t")])
+        await rec.wait_for(2)
+        await eventually(lambda: d.attempt_totals()["a"] == (1, 1))
+        assert d.metrics.series["a"].retries == 1
 
 
 async def test_metrics_are_per_app_not_global(aiohttp_client: Callable[..., Any]) -> None:
@@ -336,3 +382,55 @@ async def test_metrics_are_per_app_not_global(aiohttp_client: Callable[..., Any]
         _, b = await scrape(two)
         assert value(a, "dispatcher_messages_enqueued_total", pool="a") == 1
         assert value(b, "dispatcher_messages_enqueued_total", pool="a") == 0
+
+
+def test_a_batch_is_bucketed_as_a_bisect_per_value_would() -> None:
+    """observe_many against the obvious way: values on the `le` bounds, beyond the last,
+    all in one bucket or spread, in any order whether or not they are said to rise."""
+    rng = random.Random(7)
+    special = [*DELIVERY_BUCKETS, 0.0, 1e-9, 1e6]
+    for _ in range(300):
+        values = [
+            rng.choice(special) if rng.random() < 0.5 else rng.random() * rng.choice([0.01, 20])
+            for _ in range(rng.randint(0, 40))
+        ]
+        expected = [0] * (len(DELIVERY_BUCKETS) + 1)
+        for v in values:
+            expected[bisect_left(DELIVERY_BUCKETS, v)] += 1
+        h = FastHistogram(DELIVERY_BUCKETS)
+        h.observe_many(list(values), rising=rng.random() < 0.5)
+        assert h.counts == expected
+        assert h.sum == pytest.approx(sum(values))
+
+
+def _by_le(h: FastHistogram) -> dict[str, int]:
+    return {le: n for le, n in zip(h.les, h.counts, strict=True) if n}
+
+
+def test_a_batch_of_outcomes_counts_each_fate_and_time_once() -> None:
+    t0, job = factories.T0, factories.job  # every job here was enqueued at T0
+    timed_out = factories.attempt(1, t0 + 2, Outcome.TIMEOUT, "timed out", duration=10.0)
+    s = PoolSeries()
+    count_completions(
+        s,
+        [
+            factories.delivered(job("ok"), t0 + 0.2),  # each attempt here takes 0.5 s...
+            factories.delivered(job("early"), t0 - 1),  # another process's clock: before T0
+        ],
+        [
+            factories.retry(job("retried"), t0 + 1, retry_at=t0 + 5),
+            Completion(job("timed-out"), timed_out, retry_at=t0 + 20),  # ...but this one
+            factories.dead(job("dead"), t0 + 3),
+        ],
+    )
+    assert (s.success, s.failure, s.timeout, s.retries) == (2, 2, 1, 2)
+    assert s.dead == {"max_attempts": 0, "permanent": 1}
+    # Queue waits 0.2, 0 (never below), 1, 2 and 3 seconds.
+    assert _by_le(s.queue_wait) == {"0.005": 1, "0.5": 1, "1.0": 1, "5.0": 2}
+    assert s.queue_wait.sum == pytest.approx(6.2)
+    assert _by_le(s.duration["success"]) == {"0.5": 2}
+    assert _by_le(s.duration["failure"]) == {"0.5": 2}
+    assert _by_le(s.duration["timeout"]) == {"10.0": 1}
+    # End to end, of the delivered only: 0.7 s, and -0.5 s counted as it came.
+    assert _by_le(s.end_to_end) == {"0.01": 1, "1.0": 1}
+    assert s.end_to_end.sum == pytest.approx(0.2)

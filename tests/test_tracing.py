@@ -159,5 +159,6 @@ async def test_exemplars_carry_the_trace_id(
         )
         text = await response.text()
         await scrape(client)  # the text format still parses with exemplars recorded
-    lines = [x for x in text.splitlines() if x.startswith("dispatcher_delivery_duration_seconds")]
-    assert any(" # {" in x and f'trace_id="{TRACE_ID}"' in x for x in lines), lines
+    for family in ("dispatcher_delivery_duration_seconds", "dispatcher_queue_wait_seconds"):
+        lines = [x for x in text.splitlines() if x.startswith(family)]
+        assert any(" # {" in x and f'trace_id="{TRACE_ID}"' in x for x in lines), lines

@@ -1,9 +1,10 @@
 """Logs: one JSON object per line for machines, or short lines for a person at a terminal.
 
 Each record carries what is known where it was logged: the message id, pool and attempt
-(from `extra=` or from the attempt being delivered, which `LogContextMiddleware` keeps in a
-context variable), the trace and span ids (of the current span, else of the message's
-creation context) and the asyncio task's name (`pool:email:worker:3`).
+(from `extra=` or from the attempt being delivered: a pool's worker is made current once per
+task, see `sinks.base.current_attempt`, and holds the job it attempts), the trace and span
+ids (of the current span, else of the message's creation context) and the asyncio task's
+name (`pool:email:worker:3`). The pool logs an attempt that needs a human (`log_failure`).
 
 Two renderings of one record, `dispatcher serve --log-format json|text`; by default JSON when
 stdout is not a terminal (a collector reads it) and text when it is (`default_format`):
@@ -23,19 +24,15 @@ import asyncio
 import logging
 import queue
 import sys
-from contextvars import ContextVar, Token
 from logging.handlers import QueueHandler, QueueListener
 from typing import IO, Any, Literal
 
 import msgspec
 from opentelemetry import trace
 
-from ..message import Completion, Job
-from ..middleware import Middleware
+from ..message import Completion
+from ..sinks.base import current_attempt
 from ..timefmt import rfc3339
-
-#: The job being attempted on this task (its attempt number is job.attempts + 1).
-current_attempt: ContextVar[Job | None] = ContextVar("dispatcher_attempt", default=None)
 
 FIELDS = ("message_id", "pool", "attempt", "trace_id", "span_id", "task")
 # A person reads the line next to its neighbours: the task repeats the pool, and a span id
@@ -50,8 +47,9 @@ LogFormat = Literal["json", "text"]
 def context_fields(record: logging.LogRecord) -> dict[str, Any]:
     """The contextual fields of a record, explicit `extra=` values first."""
     fields: dict[str, Any] = {}
-    job = current_attempt.get()
-    if job is not None:
+    attempting = current_attempt.get()
+    job = attempting.job if attempting is not None else None
+    if job is not None:  # its attempt number is job.attempts + 1
         fields.update(message_id=job.message.id, pool=job.pool, attempt=job.attempts + 1)
     span = trace.get_current_span().get_span_context()
     if span.is_valid:
@@ -173,24 +171,10 @@ def configure(
     return Logging(handler, listener)
 
 
-class LogContextMiddleware(Middleware):
-    """Makes the attempt known to every log record made while it runs, and logs what
-    needs a human: an attempt that failed (INFO, it will be retried) or a dead letter
-    (WARNING). Never the payload; the error text is the sink's classification."""
-
-    def before_attempt(self, job: Job, attempt: int) -> object:
-        return current_attempt.set(job)  # no tuple: this runs for every attempt
-
-    def after_attempt(self, completion: Completion, state: object) -> None:
-        try:
-            if completion.dead is not None or completion.retry_at is not None:
-                _log_failure(completion)
-        finally:
-            if isinstance(state, Token):
-                current_attempt.reset(state)
-
-
-def _log_failure(completion: Completion) -> None:
+def log_failure(completion: Completion) -> None:
+    """An attempt that needs a human: it failed (INFO, it will be retried) or its message was
+    dead-lettered (WARNING). Logged by the pool while the attempt is current (its span, its
+    task). Never the payload; the error text is the sink's classification."""
     job, attempt = completion.job, completion.attempt
     extra = {"message_id": job.message.id, "pool": job.pool, "attempt": attempt.n}
     outcome = attempt.outcome.value

@@ -7,7 +7,11 @@ Three kinds of series, by how often they change:
   numbers in a `PoolSeries` bound once per pool and updated on the event loop thread only,
   so without locks or label look-ups (prometheus_client takes a lock per `inc`, and a
   histogram observe walks every bucket in Python: about 1.5 us, a tenth of our budget per
-  message). `collector.Collector` turns them into families at scrape time.
+  message). They are counted per batch of outcomes the acker has just written
+  (`Metrics.completed`), a few C loops over the batch rather than a middleware call per
+  attempt; only the exemplars, which need the attempt's span, are set per attempt, and only
+  while traces record (`ExemplarMiddleware`). `collector.Collector` turns them into
+  families at scrape time.
 - Per batch or per request (enqueued, rejected, replays, purges, store latency, HTTP, logs):
   ordinary prometheus_client metrics, children bound up front where config knows the labels.
 - Point-in-time values (backlog, DLQ, busy workers, loop lag, tasks): read at scrape time by
@@ -20,8 +24,8 @@ Every label value comes from config (pool names) or a fixed set; never a tag or 
 from __future__ import annotations
 
 import logging
-from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Mapping, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -58,8 +62,8 @@ STORE_OPERATIONS = {"enqueue": "commit", "claim": "claim", "complete": "ack"}
 
 
 class FastHistogram:
-    """One histogram series, updated on the loop thread only: no lock, one bisect.
-    Keeps the latest exemplar per bucket when the attempt was traced."""
+    """One histogram series, updated on the loop thread only: no lock, a batch of values at a
+    time. Keeps the latest exemplar per bucket of the values of traced attempts."""
 
     __slots__ = ("bounds", "counts", "exemplars", "les", "sum")
 
@@ -70,14 +74,37 @@ class FastHistogram:
         self.sum = 0.0
         self.exemplars: list[Exemplar | None] | None = None
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
+    def observe_many(self, values: list[float], *, rising: bool = False) -> None:
+        """Counts a batch of values in a few C loops, not a bisect call (about 100 ns) per
+        value: the buckets of the lowest and the highest value and, when they differ, a sort
+        and a bisection per bucket in between. `rising`: the values come about in ascending
+        order (a batch's queue waits and end-to-end times: the attempts' order), so sorting
+        first costs little and gives both ends; otherwise min and max do, and only a batch
+        that spans buckets is sorted (sorting values in no order, as a batch's durations
+        are, costs twice min and max: its comparisons are unpredictable). May sort
+        `values`."""
+        if not values:
+            return
+        if rising:
+            values.sort()
+        bounds, counts = self.bounds, self.counts
+        last = bisect_left(bounds, values[-1] if rising else max(values))
+        # all within the first bucket (a fast sink's durations): no need for the lowest
+        first = bisect_left(bounds, values[0] if rising else min(values)) if last else 0
+        below = 0  # how many values lie in the buckets before bucket i
+        if first < last:
+            values.sort()  # (when rising, already sorted: a comparison a value)
+            for i in range(first, last):
+                upto = bisect_right(values, bounds[i], below)  # those <= its `le` bound
+                counts[i] += upto - below
+                below = upto
+        counts[last] += len(values) - below
+        self.sum += sum(values)
 
-    def observe_traced(self, value: float, traceparent: str) -> None:
+    def exemplar(self, value: float, traceparent: str) -> None:
+        """Make `value`, of the attempt `traceparent` names, its bucket's exemplar. Counts
+        nothing: the batch that counts the attempt does (`count_completions`)."""
         i = bisect_left(self.bounds, value)
-        self.counts[i] += 1
-        self.sum += value
         if self.exemplars is None:
             self.exemplars = [None] * len(self.counts)
         labels = {"trace_id": traceparent[3:35], "span_id": traceparent[36:52]}
@@ -102,60 +129,76 @@ class PoolSeries:
         return {"success": self.success, "failure": self.failure, "timeout": self.timeout}
 
 
-_SUCCESS, _TIMEOUT = Outcome.SUCCESS, Outcome.TIMEOUT
+_TIMEOUT = Outcome.TIMEOUT
 
 
-class MetricsMiddleware(Middleware):
-    """Counts and times every attempt. Everything it needs is in the Completion (the attempt's
-    start and duration on the dispatcher's clock), so `before_attempt` does nothing and the
-    queue wait is observed when the attempt ends.
+def count_completions(
+    s: PoolSeries, delivered: Sequence[Completion], failed: Sequence[Completion]
+) -> None:
+    """Counts and times the attempts of one pool in a batch the acker wrote. Everything it
+    needs is in each Completion (the attempt's start and duration on the dispatcher's clock,
+    its fate), so it runs long after the attempts ended, once per batch.
 
-    The hot path of the whole feature: histogram updates are written out inline (a call
-    costs as much as the update), and the exemplar look-up only runs when traces record."""
+    The hot path of the whole feature: a list comprehension per series and C loops over
+    its values (`FastHistogram.observe_many`). A Python loop with a bisect per value costs
+    twice as much (0.8 against 0.35 us a completion in the overhead benchmark)."""
+    s.success += len(delivered)
+    s.queue_wait.observe_many(queue_waits(delivered), rising=True)
+    s.duration["success"].observe_many([c.attempt.duration for c in delivered])
+    s.end_to_end.observe_many(
+        [c.attempt.started_at + c.attempt.duration - c.job.message.created_at for c in delivered],
+        rising=True,
+    )
+    if failed:
+        _count_failed(s, failed)
 
-    def __init__(self, series: Mapping[str, PoolSeries], *, exemplars: bool = False) -> None:
+
+def _count_failed(s: PoolSeries, failed: Sequence[Completion]) -> None:
+    """The failed attempts of a batch: few, so the fates one by one."""
+    timeouts = [c.attempt.duration for c in failed if c.attempt.outcome is _TIMEOUT]
+    failures = [c.attempt.duration for c in failed if c.attempt.outcome is not _TIMEOUT]
+    s.timeout += len(timeouts)
+    s.failure += len(failures)
+    s.duration["timeout"].observe_many(timeouts)
+    s.duration["failure"].observe_many(failures)
+    s.queue_wait.observe_many(queue_waits(failed), rising=True)
+    for c in failed:
+        if c.retry_at is not None:
+            s.retries += 1
+        elif c.dead is not None:
+            s.dead[c.dead.value] += 1
+
+
+def queue_waits(completions: Sequence[Completion]) -> list[float]:
+    """Ready to attempt start, of each, in ascending order; never below 0 (processes sharing
+    a store have two clocks). Sorted first, which costs little as the waits of a batch about
+    rise (far less than min() would, which compares generically) and puts any negative ones
+    in front."""
+    waits = [c.attempt.started_at - c.job.enqueued_at for c in completions]
+    waits.sort()
+    if waits and waits[0] < 0.0:
+        negative = bisect_left(waits, 0.0)
+        waits[:negative] = [0.0] * negative
+    return waits
+
+
+class ExemplarMiddleware(Middleware):
+    """The exemplars of a sampled attempt (its queue wait, and its duration under its
+    outcome), set while its span is current: the batch that counts it later has none.
+    In the chain only while traces record, right after the tracing middleware, so that its
+    after_attempt runs before the span ends."""
+
+    def __init__(self, series: Mapping[str, PoolSeries]) -> None:
         self._series = series
-        self.exemplars = exemplars
 
     def after_attempt(self, completion: Completion, state: object) -> None:
-        job = completion.job
+        traceparent = current_traceparent.get()
+        if traceparent is None or not int(traceparent[-2:], 16) & 1:  # not sampled
+            return
         attempt = completion.attempt
-        s = self._series[job.pool]
-        outcome = attempt.outcome
-        started = attempt.started_at
-        duration = attempt.duration
-        wait = started - job.enqueued_at
-        if wait < 0.0:
-            wait = 0.0
-        if outcome is _SUCCESS:
-            s.success += 1
-            hist = s.duration["success"]
-            e2e = s.end_to_end
-            total = started + duration - job.message.created_at
-            e2e.counts[bisect_left(e2e.bounds, total)] += 1
-            e2e.sum += total
-        else:
-            if outcome is _TIMEOUT:
-                s.timeout += 1
-                hist = s.duration["timeout"]
-            else:
-                s.failure += 1
-                hist = s.duration["failure"]
-            if completion.retry_at is not None:
-                s.retries += 1
-            elif completion.dead is not None:
-                s.dead[completion.dead.value] += 1
-        if self.exemplars:
-            traceparent = current_traceparent.get()
-            if traceparent is not None and int(traceparent[-2:], 16) & 1:  # sampled
-                s.queue_wait.observe_traced(wait, traceparent)
-                hist.observe_traced(duration, traceparent)
-                return
-        qw = s.queue_wait
-        qw.counts[bisect_left(qw.bounds, wait)] += 1
-        qw.sum += wait
-        hist.counts[bisect_left(hist.bounds, duration)] += 1
-        hist.sum += duration
+        s = self._series[completion.job.pool]
+        s.queue_wait.exemplar(queue_waits((completion,))[0], traceparent)
+        s.duration[attempt.outcome.value].exemplar(attempt.duration, traceparent)
 
 
 class Metrics:
@@ -175,7 +218,7 @@ class Metrics:
         r = self.base
         pools = list(settings.pools)
         self.series = {name: PoolSeries() for name in pools}
-        self.middleware = MetricsMiddleware(self.series)
+        self.exemplars = ExemplarMiddleware(self.series)
         Gauge(
             "dispatcher_build_info", "Always 1; the version and store kind as labels.",
             ["version", "store"], registry=r,
@@ -250,20 +293,24 @@ class Metrics:
         await self.collector.refresh()
 
     # --- events from the Dispatcher and the HTTP edge -------------------------------------
-    def published(self, wanted: Mapping[str, int], results: Iterable[Accepted]) -> None:
-        """After a committed batch: `wanted` jobs per pool, less the duplicates."""
+    def completed(
+        self, pool: str, delivered: Sequence[Completion], failed: Sequence[Completion]
+    ) -> None:
+        """After the acker wrote a batch: the attempts of `pool` in it, split by outcome."""
+        count_completions(self.series[pool], delivered, failed)
+
+    def published(self, wanted: Mapping[str, int], duplicates: Sequence[Accepted]) -> None:
+        """After a committed batch: `wanted` jobs per pool, less those of its `duplicates`
+        (which the publisher finds anyway: no pass over the batch here)."""
         enqueued = dict(wanted)
-        duplicates = 0
-        for accepted in results:
-            if accepted.duplicate:
-                duplicates += 1
-                for pool in accepted.pools:
-                    enqueued[pool] -= 1
+        for accepted in duplicates:
+            for pool in accepted.pools:
+                enqueued[pool] -= 1
         for pool, n in enqueued.items():
             if n:
                 self._enqueued[pool].inc(n)
         if duplicates:
-            self._rejected["duplicate"].inc(duplicates)
+            self._rejected["duplicate"].inc(len(duplicates))
 
     def reject(self, reason: str, n: int = 1) -> None:
         child = self._rejected.get(reason)

@@ -23,6 +23,24 @@ current_traceparent: contextvars.ContextVar[str | None] = contextvars.ContextVar
 )
 
 
+class Attempting:
+    """The job a task is attempting (None between attempts), for the log records made
+    meanwhile (observe/logs.py). A pool's worker is one for its whole life: it is made
+    current once, when the worker's task starts, and its `job` changes per attempt, so an
+    attempt costs no context-variable set and reset."""
+
+    __slots__ = ("job",)
+
+    def __init__(self, job: Job | None = None) -> None:
+        self.job = job
+
+
+#: What the current task (or a handler's thread) is attempting; read only by log records.
+current_attempt: contextvars.ContextVar[Attempting | None] = contextvars.ContextVar(
+    "dispatcher_attempt", default=None
+)
+
+
 class Sink(abc.ABC):
     #: the `type` of its config, for logs
     kind: str = "abstract"

@@ -21,7 +21,7 @@ from typing import Any, cast
 from ..config import PythonSinkConfig
 from ..errors import ConfigError
 from ..message import Job, Message
-from .base import Sink
+from .base import Attempting, Sink, current_attempt
 
 Handler = Callable[[Message], Any]
 
@@ -99,8 +99,12 @@ class PythonSink(Sink):
             await handler(job.message)
             return
         assert self._executor is not None
-        # Copy the context so the handler sees the attempt's trace and log context.
-        call = functools.partial(contextvars.copy_context().run, handler, job.message)
+        # Copy the context so the handler sees the attempt's trace and log context, with the
+        # job pinned: a thread outlives an attempt that timed out, and its records must not
+        # name the job its worker attempts next.
+        context = contextvars.copy_context()
+        context.run(current_attempt.set, Attempting(job))
+        call = functools.partial(context.run, handler, job.message)
         result = await asyncio.get_running_loop().run_in_executor(self._executor, call)
         if inspect.isawaitable(result):  # a sync callable that returned a coroutine
             await cast(Awaitable[object], result)
