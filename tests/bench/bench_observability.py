@@ -1,6 +1,7 @@
 """Observability benchmarks (issue 4). Prints numbers; asserts nothing.
 
     python -m tests.bench.bench_observability overhead [--messages 200000] [--rounds 5]
+    python -m tests.bench.bench_observability once [--observability off] [--messages N]
     python -m tests.bench.bench_observability scrape [--pools 20] [--scrapes 200]
 
 overhead: the engine benchmark's throughput run (Dispatcher.publish in batches of 1,000, a
@@ -8,6 +9,9 @@ no-op python sink, concurrency 64, memory store), alternately with observability
 (metrics, tracing with the API only, JSON logging at INFO to /dev/null) and off
 (`observability=False`, logging off). Reports the median over rounds of end-to-end
 messages/s and of process CPU per message (steadier when the machine is shared).
+once: one such run, on or off, for an instruction counter (`valgrind --tool=callgrind`):
+counts are exact where a shared machine's timings scatter by tens of percent, and two runs
+that differ only in --messages cancel out the start-up.
 scrape: 20 pools that have delivered, retried and dead-lettered work; GET /metrics over
 loopback, timing each scrape, and the loop lag measured meanwhile by a ticking task.
 """
@@ -98,6 +102,19 @@ def overhead(messages: int, batch: int, rounds: int) -> None:
     )
 
 
+def once(on: bool, messages: int, batch: int) -> None:
+    with open(os.devnull, "w") as null:
+        output = logs.configure("INFO" if on else "CRITICAL", stream=null)
+        try:
+            rate, cpu = asyncio.run(_run(on, messages, batch))
+        finally:
+            output.stop()
+    print(
+        f"once observability={'on' if on else 'off'} messages={messages} batch={batch}: "
+        f"{rate:,.0f} messages/s, {cpu:.2f} us CPU/message"
+    )
+
+
 async def _tick(lags: list[float], stop: asyncio.Event) -> None:
     while not stop.is_set():
         started = time.perf_counter()
@@ -137,7 +154,8 @@ async def scrape(pools: int, scrapes: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["overhead", "scrape"])
+    parser.add_argument("kind", choices=["overhead", "once", "scrape"])
+    parser.add_argument("--observability", choices=["on", "off"], default="on")
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
@@ -147,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     tune_process()  # as `dispatcher serve` does
     if args.kind == "overhead":
         overhead(args.messages, args.batch, args.rounds)
+    elif args.kind == "once":
+        once(args.observability == "on", args.messages, args.batch)
     else:
         asyncio.run(scrape(args.pools, args.scrapes))
 
