@@ -1,13 +1,13 @@
 """HTTP ingest benchmark (issue 3). Prints numbers; asserts nothing.
 
     python -m tests.bench.bench_ingest [--seconds 5] [--concurrency 64] [--rounds 1]
-        [--only single|batch] [--variants anonymous,ids,otel]
+        [--only single|batch] [--variants anonymous,ids,otel] [--store-url URL]
 
 1. single: POST /v1/messages with 64 concurrent keep-alive clients (an aiohttp load
    generator in its own process) against a bare aiohttp handler that reads the body and
-   answers 202, then against the dispatcher (SQLite, synchronous=FULL, its pool paused so
-   only ingest runs), in the same run; requests per second of each, and the ratio. The
-   dispatcher runs in each of `--variants`:
+   answers 202, then against the dispatcher (SQLite, synchronous=FULL, or `--store-url`;
+   its pool paused so only ingest runs), in the same run; requests per second of each, and
+   the ratio. The dispatcher runs in each of `--variants`:
    - anonymous: messages without an id (the dispatcher makes one);
    - ids: every message with a producer id of its own (deduplicated, as users are advised);
    - otel: ids, and the OpenTelemetry SDK configured the way `dispatcher serve` does it,
@@ -42,6 +42,7 @@ from aiohttp import web
 
 TOKEN = "bench-token"
 _SPANS = web.AppKey("spans", dict[str, int])
+STORE_URL = "BENCH_STORE_URL"
 MESSAGE = b'{"tag": "bench.click", "payload": {"user": 42, "event": "click", "path": "/home"}}'
 
 
@@ -50,7 +51,12 @@ def _settings(directory: str) -> Any:
 
     return settings(
         server={"host": "127.0.0.1", "port": 0},
-        store={"url": f"sqlite:///{directory}/bench.db", "min_free_bytes": 0},
+        # --store-url (through the environment, to the server process): e.g. the Redis store
+        store={
+            "url": os.environ.get(STORE_URL) or f"sqlite:///{directory}/bench.db",
+            "prefix": f"bench-ingest-{os.getpid()}",
+            "min_free_bytes": 0,
+        },
         auth={"tokens": [{"name": "bench", "token": TOKEN, "scopes": ["admin"]}]},
         pools={
             "bench": {
@@ -310,7 +316,14 @@ def main() -> None:
         default=",".join(VARIANTS),
         help=f"the dispatcher runs of the single test, comma-separated: {', '.join(VARIANTS)}",
     )
+    parser.add_argument(
+        "--store-url",
+        help="the dispatcher's store.url (default: a temporary SQLite file); a redis:// "
+        "server should be one of its own: the runs leave their keys there",
+    )
     args = parser.parse_args()
+    if args.store_url:
+        os.environ[STORE_URL] = args.store_url  # the server processes inherit it
     args.variants = args.variants.split(",")
     if unknown := set(args.variants) - set(VARIANTS):
         parser.error(f"unknown variants: {', '.join(sorted(unknown))}")

@@ -1,6 +1,6 @@
 """Receiver-protection benchmark (issue 14). Prints numbers; asserts nothing.
 
-    python -m tests.bench.bench_protection [--store sqlite|memory] [--messages 20000]
+    python -m tests.bench.bench_protection [--store sqlite|memory|redis] [--messages 20000]
         [--rounds 5] [--concurrency 64]
     python -m tests.bench.bench_protection --micro
 
@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import timeit
+from pathlib import Path
 from typing import Any
 
 from dispatcher import Dispatcher, Publish
@@ -34,6 +35,8 @@ from dispatcher.gate import Gate
 from dispatcher.server import tune_process
 
 from .. import factories
+from ..kit.redis import URL as REDIS_URL
+from ..kit.redis import drop_prefix
 
 PAYLOAD = b'{"user": 42, "event": "click", "path": "/home"}'
 
@@ -61,17 +64,26 @@ asyncio.run(serve())
 """
 
 
+def _prefix(directory: str) -> str:
+    """The Redis key prefix of one run (its temporary directory's name)."""
+    return f"bench-protection-{Path(directory).name}"
+
+
 def _settings(url: str, store: str, directory: str, concurrency: int, protected: bool) -> Any:
     pool: dict[str, Any] = {"concurrency": concurrency, "max_backlog": 10_000_000}
     if protected:
         pool["circuit"] = {"enabled": True}
         pool["adaptive"] = {"enabled": True, "min_concurrency": concurrency}
-    store_url = f"sqlite:///{directory}/bench.db" if store == "sqlite" else "memory://"
+    store_url = {
+        "sqlite": f"sqlite:///{directory}/bench.db",
+        "memory": "memory://",
+        "redis": REDIS_URL,  # under a prefix of this run's own, deleted after it
+    }[store]
     return factories.webhook_settings(
         url,
         {"bench": pool},
         [{"match": "bench.>", "pools": ["bench"]}],
-        store={"url": store_url, "min_free_bytes": 0},
+        store={"url": store_url, "prefix": _prefix(directory), "min_free_bytes": 0},
     )
 
 
@@ -90,6 +102,8 @@ async def _run(
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         failed = dispatcher.attempt_totals()["bench"][1]
         await dispatcher.stop()
+        if store == "redis":
+            await drop_prefix(_prefix(directory), REDIS_URL)
     if failed:
         print(f"  ({failed} attempts failed: the numbers include retries)")
     return messages / elapsed, cpu / messages * 1e6
@@ -126,7 +140,7 @@ def micro(calls: int = 1_000_000) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--store", default="sqlite", choices=["sqlite", "memory"])
+    parser.add_argument("--store", default="sqlite", choices=["sqlite", "memory", "redis"])
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=64)
