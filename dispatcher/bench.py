@@ -8,7 +8,8 @@ Four figures, through the real HTTP app on loopback:
 - end to end: batches in, delivered to a no-op sink (messages/s from the first POST to the
   last delivery, concurrency 64);
 - latency: single messages offered at a steady rate; from the moment the dispatcher
-  accepted one (its 202 was due) to the moment its delivery started: p50, p99, p99.9.
+  received one (its commit's wait included) to the moment its delivery started: p50,
+  p99, p99.9.
 
 The load comes from a child process (`python -m dispatcher.bench`), as producers would, so
 its work is not the server's; on a small machine it still shares the cores, and the
@@ -177,8 +178,8 @@ async def _end_to_end(url: str, probe: Probe, ingest: float, seconds: float, out
 
 
 async def _latency(singles: Any, probe: Probe, seconds: float, out: Any) -> dict[str, float]:
-    """Single messages at LATENCY_RATE through the ingest path (Singles): accepted → sink
-    start, in this process, so both ends read the same clock."""
+    """Single messages at LATENCY_RATE through the ingest path (Singles): received (the
+    commit's wait included) → sink start, in this process, so both ends read the same clock."""
     interval = 1.0 / LATENCY_RATE
     accepted: dict[str, float] = {}
     probe.started.clear()
@@ -186,8 +187,11 @@ async def _latency(singles: Any, probe: Probe, seconds: float, out: Any) -> dict
     probe.expect(n)
 
     async def one() -> None:
+        # From the request's arrival, not its answer: a pool that keeps up is handed the
+        # job as it commits (Store.hand_off), so delivery may start before publish returns.
+        sent = time.perf_counter()
         result = await singles.publish(Publish("deliver.latency", PAYLOAD))
-        accepted[result.id] = time.perf_counter()
+        accepted[result.id] = sent
 
     await open_loop(one, n, interval)
     with contextlib.suppress(TimeoutError):
@@ -195,7 +199,7 @@ async def _latency(singles: Any, probe: Probe, seconds: float, out: Any) -> dict
     waits = sorted(probe.started[i] - t for i, t in accepted.items() if i in probe.started) or [0.0]
     p50, p99, p999 = (_quantile(waits, q) * 1000 for q in (0.5, 0.99, 0.999))
     print(
-        f"  {f'latency, accepted → delivery start, {LATENCY_RATE:,.0f}/s offered:':52} "
+        f"  {f'latency, received → delivery start, {LATENCY_RATE:,.0f}/s offered:':52} "
         f"p50 {p50:.2f} ms, p99 {p99:.2f} ms, p99.9 {p999:.2f} ms",
         file=out,
         flush=True,

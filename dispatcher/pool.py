@@ -114,6 +114,8 @@ class Pool:
         # Receiver protection: circuit breaker, Retry-After hold, adaptive limit (gate.py).
         self.gate = Gate(name, config, monotonic, moved=self._gate_moved, on_circuit=on_circuit)
         self._window: deque[Job] = deque()
+        self._promised = 0  # window room offered to enqueues not yet answered (offer())
+        self._releases: set[asyncio.Task[None]] = set()
         self._started = 0  # jobs taken from the window since the last claim
         self._paced_at = monotonic()
         self._workers: dict[int, _Worker] = {}
@@ -158,6 +160,7 @@ class Pool:
 
     # --- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
+        self._store.hand_off(self.name, self)
         self._feeder = asyncio.create_task(self._feed_loop(), name=f"pool:{self.name}:feeder")
         self._watchdog = asyncio.create_task(self._watch(), name=f"pool:{self.name}:watchdog")
         self._spawn_workers()
@@ -271,6 +274,38 @@ class Pool:
         elif self._next_at is None or at < self._next_at:
             self._next_at = at
         self._feed.set()
+
+    # --- handoff: new jobs straight into the window (stores.base.Handoff) ------------------
+    def offer(self, most: int) -> int:
+        """Room for up to `most` new jobs that an enqueue may hand over claimed, sparing the
+        store the claim that would read them back: what the window lacks, unless the pool
+        takes nothing now (paused, stopping, its gate shut)."""
+        if self.paused or self._stopping:
+            return 0
+        gate = self.gate
+        if gate.gated and gate.wait(self._monotonic()) > 0.0:
+            return 0
+        room = min(most, self.window_size - len(self._window) - self._promised)
+        if room <= 0:
+            return 0
+        self._promised += room
+        return room
+
+    def receive(self, jobs: list[Job], offered: int) -> None:
+        self._promised -= offered
+        if not jobs:
+            return
+        if self.paused or self._stopping:
+            # Paused or stopping since the offer: these are not ours to start. Stopping
+            # hands the window back itself (abort); a pause needs it done here.
+            self._window.extend(jobs)
+            if self.paused and not self._stopping:
+                task = asyncio.create_task(self._release_window())
+                self._releases.add(task)
+                task.add_done_callback(self._releases.discard)
+            return
+        self._window.extend(jobs)
+        self._wake.set()
 
     # --- feeder --------------------------------------------------------------------------
     async def _release_window(self) -> None:

@@ -11,6 +11,8 @@ from dispatcher.pool import Pool
 from dispatcher.sinks.log import LogSink
 from dispatcher.stores.memory import MemoryStore
 
+from .factories import T0, new_message
+
 
 def _pool(concurrency: int, now: list[float]) -> Pool:
     """A pool whose monotonic clock reads `now[0]`: time passes when a test says so."""
@@ -75,3 +77,31 @@ async def test_a_window_paced_below_what_it_holds_claims_nothing() -> None:
         pool._feed.set()
         await asyncio.wait_for(pool._feeder, 5)
         await store.close()
+
+
+async def test_handoff_room_is_the_window_s_and_held_until_answered() -> None:
+    now = [0.0]
+    pool = _pool(concurrency=16, now=now)
+    assert pool.offer(100) == 100
+    assert pool.offer(1000) == 28  # 128 in all: what the window lacks, promised or held
+    assert pool.offer(5) == 0
+    pool.receive([], 100)  # an enqueue that took nothing gives its room back
+    assert pool.offer(1000) == 100
+    await pool.set_paused(True)
+    assert pool.offer(10) == 0  # a paused pool takes nothing
+
+
+async def test_jobs_received_while_paused_go_back_to_the_store() -> None:
+    store = MemoryStore()
+    await store.open()
+    config = PoolConfig(sink=LogSinkConfig(), concurrency=4)
+    pool = Pool("p", config, store, LogSink("p", LogSinkConfig()), Acker(store, lambda _: None))
+    await store.enqueue([new_message("a")])
+    claimed = (await store.claim("p", 10, T0 + 1)).jobs
+    offered = pool.offer(10)
+    await pool.set_paused(True)  # between the offer and the commit
+    pool.receive(claimed, offered)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert not pool._window
+    assert (await store.counts(T0 + 1))["p"].ready == 1

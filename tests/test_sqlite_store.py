@@ -19,13 +19,14 @@ from typing import Any
 
 import pytest
 
-from dispatcher.errors import StoreError
+from dispatcher.errors import IdConflict, StoreError
 from dispatcher.message import (
     Attempt,
     Completion,
     DeadReason,
     DlqFilter,
     Job,
+    NewMessage,
     Outcome,
     State,
 )
@@ -37,7 +38,7 @@ from dispatcher.stores.sqlite import writes as sqlite_writes
 from dispatcher.stores.sqlite.claims import ClaimBooks, Delta
 from dispatcher.stores.sqlite.rows import NewRows, outcome_rows
 
-from .factories import T0, dead, delivered, new_message, retry
+from .factories import T0, dead, delivered, message, new_message, retry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -479,7 +480,11 @@ def test_reads_and_writes_run_on_a_plain_connection(tmp_path: Path) -> None:
         db.execute("BEGIN")
         schema.migrate(db, path)
         batch = [new_message("a", created=T0), new_message("b", "p", "q", created=T0 + 5)]
-        assert sqlite_writes.enqueue(db, Delta(), claims, NewRows(batch, 0)) == [True, True]
+        nothing_queued = lambda pool: 0  # noqa: E731
+        assert sqlite_writes.enqueue(db, Delta(), claims, NewRows(batch, 0), nothing_queued) == [
+            True,
+            True,
+        ]
         rows, next_at = sqlite_writes.claim(db, Delta(), claims, "p", 10, T0 + 10)
         assert next_at is None
         jobs = [Job(r[0], "p", sqlite_reads.message(r, 4), r[1], r[2]) for r in rows]
@@ -506,3 +511,104 @@ def test_reads_and_writes_run_on_a_plain_connection(tmp_path: Path) -> None:
         page, cursor = sqlite_reads.dlq_list(db, DlqFilter(), 1, cursor)
         assert ([e.message.id for e in page], cursor) == (["a"], None)
         assert sqlite_reads.expiry_range(db, T0 + 1) == (1, 1)  # only "a" was created before
+
+
+class Window:
+    """A pool's side of Store.hand_off, as Pool implements it: room, then what came."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self.offers: list[int] = []
+        self.received: list[tuple[list[Job], int]] = []
+
+    def offer(self, most: int) -> int:
+        n = min(most, self.room)
+        self.offers.append(n)
+        return n
+
+    def receive(self, jobs: list[Job], offered: int) -> None:
+        self.received.append((jobs, offered))
+
+    @property
+    def ids(self) -> list[str]:
+        return [j.message.id for jobs, _ in self.received for j in jobs]
+
+
+async def test_new_jobs_are_handed_to_a_pool_with_room(store: SqliteStore) -> None:
+    window = Window(room=2)
+    store.hand_off("p", window)
+    assert await store.enqueue([new_message(i) for i in ("a", "b", "c")]) == [True] * 3
+    # The first two, claimed, with their Message objects (nothing read back); the third ready.
+    assert window.ids == ["a", "b"]
+    assert window.received[0][1] == 2
+    handed = window.received[0][0]
+    assert all(j.attempts == 0 and j.pool == "p" and j.enqueued_at == T0 for j in handed)
+    assert [j.state for j in (await store.get_message("a")).jobs] == [State.CLAIMED]  # type: ignore[union-attr]
+    counts = (await store.counts(T0))["p"]
+    assert (counts.ready, counts.claimed) == (1, 2)
+    claim = await store.claim("p", 10, T0 + 1)
+    assert [j.message.id for j in claim.jobs] == ["c"]
+    await store.complete([delivered(j, T0 + 2) for j in handed])
+    assert [j.state for j in (await store.get_message("a")).jobs] == [State.DELIVERED]  # type: ignore[union-attr]
+    assert (await store.counts(T0))["p"].claimed == 1
+
+
+async def test_no_handoff_while_older_jobs_wait_or_priorities_differ(store: SqliteStore) -> None:
+    window = Window(room=0)
+    store.hand_off("p", window)
+    await store.enqueue([new_message("old")])
+    window.room = 10
+    await store.enqueue([new_message("new")])  # "old" is queued: it is claimed first
+    assert window.ids == []
+    assert window.received[-1] == ([], 1)
+    claim = await store.claim("p", 10, T0 + 1)
+    assert [j.message.id for j in claim.jobs] == ["old", "new"]
+    # Mixed priorities: the first jobs of the batch need not be first in claim order.
+    await store.enqueue([new_message("low"), new_message("high", priority=5)])
+    assert window.ids == []
+    claim = await store.claim("p", 10, T0 + 1)
+    assert [j.message.id for j in claim.jobs] == ["high", "low"]
+    # A delayed message is scheduled, never handed over; an empty queue hands over again.
+    await store.complete([delivered(j, T0 + 2) for j in claim.jobs])
+    await store.enqueue([new_message("later", delay=60), new_message("now")])
+    assert window.ids == ["now"]
+
+
+async def test_handed_jobs_go_back_on_release_and_after_a_crash(
+    store: SqliteStore, db_path: Path
+) -> None:
+    window = Window(room=5)
+    store.hand_off("p", window)
+    await store.enqueue([new_message("a"), new_message("b")])
+    a, _b = window.received[0][0]
+    await store.release([a])
+    assert [j.state for j in (await store.get_message("a")).jobs] == [State.QUEUED]  # type: ignore[union-attr]
+    claim = await store.claim("p", 10, T0 + 1)
+    assert [j.message.id for j in claim.jobs] == ["a"]
+    # "b" is still held claimed when the process goes: the next open requeues it.
+    await store.close()
+    reopened = SqliteStore(str(db_path))
+    assert await reopened.open() == 1
+    try:
+        claim = await reopened.claim("p", 10, T0 + 1)
+        assert sorted(j.message.id for j in claim.jobs) == ["a", "b"]
+    finally:
+        await reopened.close()
+
+
+async def test_a_refused_enqueue_hands_nothing_over(store: SqliteStore) -> None:
+    window = Window(room=5)
+    store.hand_off("p", window)
+    await store.enqueue([NewMessage(message("x", payload=b"1"), ("p",), b"d0", T0 + 60)])
+    keyed = [
+        NewMessage(message("y"), ("p",), b"d1", T0 + 60),
+        NewMessage(message("x", payload=b"2"), ("p",), b"d2", T0 + 60),
+    ]
+    with pytest.raises(IdConflict):
+        await store.enqueue(keyed)
+    assert window.received[-1] == ([], 2)  # the room it offered is given back
+    # Duplicates are not handed over either: only what was written.
+    dup = [NewMessage(message("z"), ("p",), b"d3", T0 + 60)] * 2
+    assert await store.enqueue_each(dup) == [True, False]
+    assert window.ids[-1:] == ["z"]
+    assert len(window.received[-1][0]) == 1

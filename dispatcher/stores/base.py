@@ -83,6 +83,23 @@ def parse_dlq_cursor(cursor: str) -> tuple[float, int]:
 _DLQ_CURSOR = re.compile(r"[0-9.eE+-]{1,32}:[0-9]{1,18}")
 
 
+class Handoff(Protocol):
+    """Where a store that can puts a pool's new jobs as it commits them, already claimed
+    (the pool's window), instead of writing them ready and reading them back with a claim.
+    See Store.hand_off."""
+
+    def offer(self, most: int) -> int:
+        """How many of `most` new jobs it would take now; that room stays promised until
+        `receive`."""
+        ...
+
+    def receive(self, jobs: list[Job], offered: int) -> None:
+        """The jobs of an `offer` that were committed claimed (at most `offered`; none
+        when the enqueue failed, or the store kept them ready to keep the claim order).
+        Called once for every offer, on the event loop."""
+        ...
+
+
 class SessionStore(Protocol):
     """Console sessions kept where every process sharing a store can read them."""
 
@@ -136,6 +153,12 @@ class Store(abc.ABC):
         """The local directory the store writes to, whose free space gates ingest
         (`store.min_free_bytes`); None for a store that keeps nothing on this machine."""
         return None
+
+    def hand_off(self, pool: str, to: Handoff) -> None:
+        """Let `enqueue` hand `pool`'s new ready jobs straight to `to`, claimed, when the
+        pool has nothing else queued (so the claim order holds: these are then the first in
+        line). This default never does: the pool claims everything it gets."""
+        return
 
     # --- the hot path --------------------------------------------------------------------
     @abc.abstractmethod

@@ -25,7 +25,7 @@ from ..message import (
     NewMessage,
     PoolCounts,
 )
-from .base import Claim, SessionStore, Store
+from .base import Claim, Handoff, SessionStore, Store
 
 T = TypeVar("T")
 
@@ -63,6 +63,9 @@ class InstrumentedStore(Store):
 
     def share_rate(self, pool: str, rate: float | None, burst: int) -> None:
         self.inner.share_rate(pool, rate, burst)
+
+    def hand_off(self, pool: str, to: Handoff) -> None:
+        self.inner.hand_off(pool, to)
 
     async def _timed(self, operation: str, call: Awaitable[T]) -> T:
         child = self._children.get(operation)

@@ -12,9 +12,9 @@ Storage layout, schema version 3 (`PRAGMA user_version`; schema.py migrates in o
       jid INTEGER PRIMARY KEY       Job.key: mid * 1024 + the pool's place in the fan-out
       mid, pool                     the message and the pool; jid = mid * 1024 + k, so a
                                     message's jobs are one rowid range (no extra index)
-      state                         0 ready · 2 delivered · 3 dead · 4 scheduled (1 claimed:
-                                    written only by versions before claims moved into the
-                                    writer's memory, see claims.py; open() readies such rows)
+      state                         0 ready · 1 handed over · 2 delivered · 3 dead ·
+                                    4 scheduled (1: a new job written claimed for its pool's
+                                    window, see below; open() readies such rows)
       priority                      the message's, for jobs_ready
       available_at                  when it became or becomes ready: max(created_at,
                                     message.available_at), retry_at, or now + k*interval on
@@ -51,6 +51,14 @@ as each request runs, so a later request of the same group sees them, and every 
 keeps its inverse in the request's undo log for when the request or its group is rolled
 back. Writing them cost a
 row and an index update per message, only for a crash to make them ready again anyway.
+
+Handoff (Store.hand_off): a pool that keeps up has nothing queued when new work arrives,
+and a claim would only read back what was just written. So an enqueue asks each pool for
+room in its window (on the loop, as the rows are built) and writes that many of the new
+jobs as 1, claimed, when the writer finds the pool with nothing else queued (else they are
+written 0 after all: a claim returns older jobs first). Such a job never enters jobs_ready
+(no index entry written, none deleted on completion), and once the commit is done the store
+hands the pool Jobs made from the Message objects it was given, reading nothing back.
 
 Threading model:
 

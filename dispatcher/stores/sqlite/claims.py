@@ -35,8 +35,11 @@ class Claims:
 
     A claimed job stays `state = 0` in its row: marking it would rewrite the row and its
     jobs_ready entry on every claim, and a crash turns every claim back into a ready job
-    anyway. `held` holds the claimed jids; `cursor` is the jobs_ready key of the last job
-    looked at, so the next claim reads on from there instead of past every held job again.
+    anyway. A new job handed straight to its pool (Store.hand_off) is written `state = 1`
+    instead, and so never enters jobs_ready at all; a release writes it back to 0.
+
+    `held` holds the claimed jids; `cursor` is the jobs_ready key of the last job looked
+    at, so the next claim reads on from there instead of past every held job again.
     Anything written into the ready set ahead of the cursor (a release, a promotion, a
     replay, an enqueue that sorts first) clears it, and the next claim starts again from the
     head of the index. `future_at` is the latest time a ready job was written with: a claim
@@ -77,6 +80,11 @@ class Claims:
 
     def claimed(self, jids: Sequence[int], cursor: Cursor | None) -> Callable[[], None]:
         return self._set(jids, (), cursor)
+
+    def took(self, jids: Sequence[int]) -> Callable[[], None]:
+        """New jobs written claimed (state 1) for the pool's window: held, and never in
+        jobs_ready, so the cursor stays where it is."""
+        return self._set(jids, (), self.cursor)
 
     def finished(self, jids: Sequence[int]) -> Callable[[], None]:
         with self.lock:

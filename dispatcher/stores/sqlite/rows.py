@@ -4,13 +4,13 @@ the writer thread (the bottleneck under load) then only executes them."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 
 from ...message import Completion, NewMessage
-from .schema import DEAD, DELIVERED, FANOUT_LIMIT, READY, SCHEDULED
+from .schema import CLAIMED, DEAD, DELIVERED, FANOUT_LIMIT, READY, SCHEDULED
 
 DELIVERED_FIRST = -2  # not a stored state: groups first-attempt successes in writes.complete
 
@@ -23,24 +23,41 @@ def to_json(value: object) -> str:
 
 class NewRows:
     """A batch of new messages as the rows the writer inserts. Mids are numbered from
-    `last_mid` + 1 in batch order; `keyed` holds (index, id, digest, until) of producer ids."""
+    `last_mid` + 1 in batch order; `keyed` holds (index, id, digest, until) of producer ids.
 
-    __slots__ = ("counts", "first_ready", "jobs", "keyed", "messages", "now")
+    With `room` (pool -> how many new jobs its window takes now, asked once per pool), the
+    first ready jobs of each pool, up to its room, are written claimed (state 1) and listed
+    in `taken`, for the store to hand to the pool; the writer turns them back to ready when
+    the pool has older jobs queued (writes.enqueue). A batch of mixed priorities hands
+    nothing over: its first jobs need not be the first in claim order."""
+
+    __slots__ = ("counts", "first_mid", "first_ready", "jobs", "keyed", "messages", "now", "taken")
     #: (highest priority, earliest, latest time) of the new ready jobs, for the claim books
     first_ready: tuple[int, float, float] | None
 
-    def __init__(self, batch: Sequence[NewMessage], last_mid: int) -> None:
+    def __init__(
+        self,
+        batch: Sequence[NewMessage],
+        last_mid: int,
+        room: Callable[[str], int] | None = None,
+    ) -> None:
         self.messages: list[tuple[Any, ...]] = []
         self.jobs: list[tuple[Any, ...]] = []
         self.keyed: list[tuple[int, str, bytes, float]] = []
         self.counts: dict[str, int] = {}
+        #: pool -> jids written claimed, in claim order
+        self.taken: dict[str, list[int]] = {}
         self.now = batch[0].message.created_at
+        self.first_mid = last_mid + 1
         add_message, add_job = self.messages.append, self.jobs.append
         per_route: dict[tuple[str, ...], int] = {}
         # The highest priority and earliest time among the new ready jobs, for the claim
         # cursors (taken apart, the pair may belong to two messages: that errs on the safe side).
         priority: float = -math.inf
+        lowest: float = math.inf
         earliest, latest = math.inf, -math.inf
+        left: dict[str, int] = {}  # room left per pool
+        taken = self.taken
         mid = last_mid
         for index, new in enumerate(batch):
             m = new.message
@@ -60,17 +77,34 @@ class NewRows:
             )
             if new.digest is not None:
                 self.keyed.append((index, m.id, new.digest, new.dedup_until))
+            pools = new.pools
             if m.available_at > m.created_at:
                 state, available_at = SCHEDULED, m.available_at
             else:
                 state, available_at = READY, m.created_at
                 if m.priority > priority:
                     priority = m.priority
+                if m.priority < lowest:
+                    lowest = m.priority
+                if room is not None and len(pools) == 1:
+                    pool = pools[0]
+                    n = left.get(pool)
+                    if n is None:
+                        n = room(pool)
+                        taken[pool] = []
+                    if n > 0:
+                        state = CLAIMED
+                        taken[pool].append(mid * FANOUT_LIMIT)
+                        n -= 1
+                    left[pool] = n
+                elif room is not None:
+                    # Fanned out, so written ready: nothing after it may jump the queue.
+                    for pool in pools:
+                        left[pool] = 0
                 if available_at < earliest:
                     earliest = available_at
                 if available_at > latest:
                     latest = available_at
-            pools = new.pools
             if len(pools) == 1:
                 add_job(
                     (
@@ -103,11 +137,26 @@ class NewRows:
                 self.counts[pool] = self.counts.get(pool, 0) + n
         #: where the first of the new ready jobs sorts, for the claim cursors
         self.first_ready = None if earliest == math.inf else (int(priority), earliest, latest)
+        if lowest < priority:
+            for pool in list(taken):
+                self.untake(pool)
+
+    def untake(self, pool: str) -> None:
+        """Write the jobs `taken` for `pool` ready after all."""
+        jids = set(self.taken.pop(pool, ()))
+        if jids:
+            self.jobs = [
+                (j[0], j[1], j[2], READY, *j[4:]) if j[0] in jids else j for j in self.jobs
+            ]
 
     def keep(self, mids: set[int]) -> NewRows:
         """These rows without the messages not in `mids` (duplicates)."""
         kept = object.__new__(NewRows)
-        kept.now, kept.first_ready = self.now, self.first_ready
+        kept.now, kept.first_ready, kept.first_mid = self.now, self.first_ready, self.first_mid
+        kept.taken = {
+            pool: [jid for jid in jids if jid // FANOUT_LIMIT in mids]
+            for pool, jids in self.taken.items()
+        }
         kept.messages = [m for m in self.messages if m[0] in mids]
         kept.jobs = [j for j in self.jobs if j[1] in mids]
         kept.keyed = [k for k in self.keyed if self.messages[k[0]][0] in mids]

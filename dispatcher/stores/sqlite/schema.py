@@ -10,7 +10,7 @@ from typing import Final
 from ...errors import StoreError
 from ..base import contains_ci
 
-READY, DELIVERED, DEAD, SCHEDULED = 0, 2, 3, 4  # 1, claimed: see claims.Claims
+READY, CLAIMED, DELIVERED, DEAD, SCHEDULED = 0, 1, 2, 3, 4  # claimed: see claims.Claims
 #: jobs of one message per rowid range; config.MAX_POOLS keeps fan-out below it
 FANOUT_LIMIT: Final = 1024
 _AUTOCHECKPOINT_BACKSTOP: Final = 16384  # pages (64 MiB of WAL at 4 KiB pages)

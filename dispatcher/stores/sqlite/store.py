@@ -23,18 +23,19 @@ from ...message import (
     NewMessage,
     PoolCounts,
 )
-from ..base import Claim, Store, require_pools
+from ..base import Claim, Handoff, Store, require_pools
 from . import reads, schema, writes
 from .claims import ClaimBooks, Delta
 from .reads import MessageRows, message
 from .rows import NewRows, outcome_rows, to_json
-from .schema import DEAD, READY, SCHEDULED
+from .schema import DEAD, FANOUT_LIMIT, READY, SCHEDULED
 from .writer import Writer, checkpoints
 
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
 
 _CHUNK: Final = 5000
+_NONE: Final = (0, 0, 0)
 _STATUS_READS: Final = 3  # reads of a message's rows before commits in between are let be
 
 _NEW, _OPEN, _CLOSING, _CLOSED = range(4)
@@ -61,6 +62,7 @@ class SqliteStore(Store):
         self._claims = ClaimBooks(self._lock)  # changed under _lock: the reader looks in
         self._checkpointer: threading.Thread | None = None
         self._stop_checkpoints = threading.Event()
+        self._handoffs: dict[str, Handoff] = {}  # pools that take new jobs as enqueued
         # Owned by the reader thread.
         self._r: sqlite3.Connection
 
@@ -140,10 +142,14 @@ class SqliteStore(Store):
         *args: _P.args,
         **kwargs: _P.kwargs,
     ) -> _T:
+        return await self._submit(lambda db, d: fn(db, d, *args, **kwargs))
+
+    def _submit(self, fn: Callable[[sqlite3.Connection, Delta], _T]) -> asyncio.Future[_T]:
+        """Queue a durable write; its future settles once it is committed (or failed)."""
         self._check()
         future: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
-        self._writer.put(lambda db, d: fn(db, d, *args, **kwargs), future, durable=True)
-        return await future
+        self._writer.put(fn, future, durable=True)
+        return future
 
     async def _write_volatile(
         self,
@@ -210,6 +216,14 @@ class SqliteStore(Store):
         with self._lock:
             self._counters = counters
         return int(requeued)
+
+    def _w_queued(self, pool: str) -> int:
+        """The pool's unclaimed queued jobs as the running request sees them: the counters,
+        and what the requests before it in this group changed (writes.Queued)."""
+        n = self._counters.get(pool, _NONE)[0]
+        for delta in self._writer.pending:
+            n += delta.get(pool, _NONE)[0]
+        return n
 
     def _on_commit(self, deltas: Sequence[Delta]) -> None:
         with self._lock:
@@ -289,9 +303,46 @@ class SqliteStore(Store):
         # Rows are built here, on the event loop, and numbered here too: the writer thread
         # (the bottleneck under load) only executes them. Mids follow the order of calls,
         # which is the order of the writer's queue; a duplicate leaves a gap, which is fine.
-        rows = NewRows(batch, self._next_mid)
+        offered: dict[str, int] = {}
+        handoffs = self._handoffs
+
+        def room(pool: str) -> int:
+            to = handoffs.get(pool)
+            n = offered[pool] = to.offer(len(batch)) if to is not None else 0
+            return n
+
+        rows = NewRows(batch, self._next_mid, room if handoffs else None)
         self._next_mid += len(batch)
-        return await self._write(writes.enqueue, self._claims, rows, each)
+        future = self._submit(
+            lambda db, d: writes.enqueue(db, d, self._claims, rows, self._w_queued, each)
+        )
+        if offered:
+            # A callback, not code after the await: the handover must happen even if the
+            # caller is cancelled meanwhile (the jobs are claimed once committed).
+            future.add_done_callback(lambda f: self._hand_over(f, batch, rows, offered))
+            return await asyncio.shield(future)
+        return await future
+
+    def _hand_over(
+        self,
+        done: asyncio.Future[list[bool | IdConflict]],
+        batch: Sequence[NewMessage],
+        rows: NewRows,
+        offered: dict[str, int],
+    ) -> None:
+        """Give each pool that offered room the jobs committed claimed for it."""
+        committed = not done.cancelled() and done.exception() is None
+        for pool, n in offered.items():
+            jobs: list[Job] = []
+            if committed:
+                first = rows.first_mid
+                for jid in rows.taken.get(pool, ()):
+                    m = batch[jid // FANOUT_LIMIT - first].message
+                    jobs.append(Job(jid, pool, m, 0, m.created_at))
+            self._handoffs[pool].receive(jobs, n)
+
+    def hand_off(self, pool: str, to: Handoff) -> None:
+        self._handoffs[pool] = to
 
     async def claim(self, pool: str, limit: int, now: float) -> Claim:
         # Claims write nothing (see claims.Claims), but they go through the writer, which

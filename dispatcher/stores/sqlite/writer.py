@@ -90,6 +90,8 @@ class Writer:
         self._queue: queue.SimpleQueue[_Request | _Stop] = queue.SimpleQueue()
         self._on_commit = on_commit
         self._fsync = True  # the connection's current synchronous mode is FULL
+        #: the Deltas of the running group's requests done so far (writes see them uncommitted)
+        self.pending: list[Delta] = []
 
     def start(
         self,
@@ -173,6 +175,8 @@ class Writer:
         db = self.db
         failed: _Settled = []
         done: list[tuple[_Request, Any, Delta]] = []
+        pending: list[Delta] = []
+        self.pending = pending
         if self.synchronous == "FULL":
             full = any(r.durable for r in batch)
             if full != self._fsync:
@@ -209,6 +213,7 @@ class Writer:
                 failed.extend((r.future, None, err) for r, _, _ in done)
                 undo_all([d for _, _, d in done])
                 done.clear()
+                pending.clear()
                 try:
                     db.execute("BEGIN IMMEDIATE")
                 except sqlite3.Error:
@@ -218,6 +223,7 @@ class Writer:
                     return
             else:
                 done.append((req, result, delta))
+                pending.append(delta)
         try:
             db.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -226,9 +232,11 @@ class Writer:
             err = _store_error(exc)
             failed.extend((r.future, None, err) for r, _, _ in done)
             undo_all([d for _, _, d in done])
+            self.pending = []
             _settle_all(failed)
             return
-        self._on_commit([d for _, _, d in done])
+        self._on_commit(pending)
+        self.pending = []
         failed.extend((r.future, result, None) for r, result, _ in done)
         _settle_all(failed)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from ...errors import IdConflict
@@ -51,27 +51,27 @@ _DELIVERED_SQL = (
         attempt_log = json_insert(coalesce(attempt_log, '[]'), '$[#]', json(v.column1)),
         finished_at = v.column2
     FROM (VALUES""",
-    ") AS v WHERE jobs.jid = v.column3 AND jobs.state = 0",
+    ") AS v WHERE jobs.jid = v.column3 AND jobs.state <= 1",
 )
 #: the common case, success at the first attempt: the log is written whole, not parsed
 _DELIVERED_FIRST_SQL = (
     """UPDATE jobs SET state = 2, attempts = 1, attempt_log = v.column1, finished_at = v.column2
     FROM (VALUES""",
-    ") AS v WHERE jobs.jid = v.column3 AND jobs.state = 0",
+    ") AS v WHERE jobs.jid = v.column3 AND jobs.state <= 1",
 )
 _RETRY_SQL = (
     """UPDATE jobs SET state = 4, attempts = attempts + 1,
         attempt_log = json_insert(coalesce(attempt_log, '[]'), '$[#]', json(v.column1)),
         available_at = v.column2, last_error = v.column3
     FROM (VALUES""",
-    ") AS v WHERE jobs.jid = v.column4 AND jobs.state = 0",
+    ") AS v WHERE jobs.jid = v.column4 AND jobs.state <= 1",
 )
 _DEAD_SQL = (
     """UPDATE jobs SET state = 3, attempts = attempts + 1,
         attempt_log = json_insert(coalesce(attempt_log, '[]'), '$[#]', json(v.column1)),
         finished_at = v.column2, dead_reason = v.column3, last_error = v.column4
     FROM (VALUES""",
-    ") AS v WHERE jobs.jid = v.column5 AND jobs.state = 0",
+    ") AS v WHERE jobs.jid = v.column5 AND jobs.state <= 1",
 )
 _OUTCOME_SQL: Final = {
     DEAD: _DEAD_SQL,
@@ -127,12 +127,22 @@ def _ids_json(ids: Sequence[int]) -> str:
     return f"[{','.join(map(str, ids))}]"
 
 
+#: how many unclaimed jobs a pool has queued, as of the running request (the writer's counters)
+Queued = Callable[[str], int]
+
+
 def enqueue(
-    db: sqlite3.Connection, d: Delta, claims: ClaimBooks, rows: NewRows, each: bool = False
+    db: sqlite3.Connection,
+    d: Delta,
+    claims: ClaimBooks,
+    rows: NewRows,
+    queued: Queued,
+    each: bool = False,
 ) -> list[bool | IdConflict]:
     """True for each message stored, False for a duplicate. An id that conflicts raises
     IdConflict (the writer rolls the request back), or with `each` (Store.enqueue_each)
-    answers its own item, which is left out, and the rest is stored."""
+    answers its own item, which is left out, and the rest is stored. Jobs `rows.taken`
+    are written claimed only for pools with nothing else queued (see _hand_over)."""
     conflicts: dict[int, IdConflict] = {}
     held = _known_ids(db, rows, conflicts if each else None) if rows.keyed else set()
     if not held and not conflicts:
@@ -142,6 +152,7 @@ def enqueue(
         db.execute("SAVEPOINT enqueue")
         if _many(db, _INSERT_MESSAGE_NEW, rows.messages) == len(rows.messages):
             db.execute("RELEASE enqueue")
+            _hand_over(d, claims, rows, queued)
             _many(db, _INSERT_JOB, rows.jobs)
             _many(db, _INSERT_DEDUP, [k[1:] for k in rows.keyed])
             _arrived(d, claims, rows)
@@ -168,7 +179,10 @@ def enqueue(
             seen.add(m[1])
             kept.add(m[0])
     if len(kept) < len(rows.messages):
-        rows = rows.keep(kept)
+        kept_rows = rows.keep(kept)
+        rows.taken = kept_rows.taken  # what the store hands over
+        rows = kept_rows
+    _hand_over(d, claims, rows, queued)
     _many(db, _INSERT_MESSAGE, rows.messages)
     _many(db, _INSERT_JOB, rows.jobs)
     _many(db, _INSERT_DEDUP, [k[1:] for k in rows.keyed])
@@ -176,10 +190,24 @@ def enqueue(
     return out
 
 
+def _hand_over(d: Delta, claims: ClaimBooks, rows: NewRows, queued: Queued) -> None:
+    """Book the jobs `rows.taken` as claimed, or, for a pool that has older jobs queued
+    (which a claim would return first), write them ready after all."""
+    for pool, jids in list(rows.taken.items()):
+        if not jids:
+            continue
+        if queued(pool) > 0:
+            rows.untake(pool)
+        else:
+            d.undo.append(claims.of(pool).took(jids))
+
+
 def _arrived(d: Delta, claims: ClaimBooks, rows: NewRows) -> None:
+    taken = rows.taken
     for pool, n in rows.counts.items():
-        d[pool] = [n, 0, 0]
-        if rows.first_ready is not None:
+        held = len(taken.get(pool, ()))
+        d[pool] = [n - held, held, 0]
+        if rows.first_ready is not None and held < n:
             d.undo.append(claims.of(pool).arrived(*rows.first_ready))
 
 
@@ -276,9 +304,14 @@ def release(db: sqlite3.Connection, d: Delta, claims: ClaimBooks, jobs: Sequence
         books = claims.get(pool)
         if books is None:
             continue
-        mine = {jid for jid in jids if jid in books.held}
+        mine = [jid for jid in set(jids) if jid in books.held]
+        # Jobs handed over at enqueue were written claimed: ready them (others match nothing).
+        db.execute(
+            "UPDATE jobs SET state = 0 WHERE jid IN (SELECT value FROM json_each(?)) AND state = 1",
+            (_ids_json(mine),),
+        )
         d[pool] = [len(mine), -len(mine), 0]
-        d.undo.append(books.released(list(mine)))
+        d.undo.append(books.released(mine))
 
 
 def replay(
