@@ -612,3 +612,20 @@ async def test_a_refused_enqueue_hands_nothing_over(store: SqliteStore) -> None:
     assert await store.enqueue_each(dup) == [True, False]
     assert window.ids[-1:] == ["z"]
     assert len(window.received[-1][0]) == 1
+
+
+async def test_plain_and_other_messages_in_one_batch_keep_every_field(store: SqliteStore) -> None:
+    # A batch of plain messages binds only what differs (writes._INSERT_PLAIN); one with
+    # headers, a trace, another priority or a delay makes the whole batch whole rows.
+    plain = [new_message("p1"), new_message("p2", tag="other.tag", payload=b"[1]")]
+    assert await store.enqueue(plain) == [True, True]
+    mixed = [
+        new_message("m1"),
+        new_message("m2", headers={"k": "v"}, trace="00-" + "1" * 32 + "-" + "2" * 16 + "-01"),
+        new_message("m3", priority=3, delay=5),
+    ]
+    assert await store.enqueue(mixed) == [True, True, True]
+    for new in plain + mixed:
+        status = await store.get_message(new.message.id)
+        assert status is not None
+        assert status.message == new.message

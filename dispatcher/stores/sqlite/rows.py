@@ -31,7 +31,17 @@ class NewRows:
     the pool has older jobs queued (writes.enqueue). A batch of mixed priorities hands
     nothing over: its first jobs need not be the first in claim order."""
 
-    __slots__ = ("counts", "first_mid", "first_ready", "jobs", "keyed", "messages", "now", "taken")
+    __slots__ = (
+        "counts",
+        "first_mid",
+        "first_ready",
+        "jobs",
+        "keyed",
+        "messages",
+        "now",
+        "shared",
+        "taken",
+    )
     #: (highest priority, earliest, latest time) of the new ready jobs, for the claim books
     first_ready: tuple[int, float, float] | None
 
@@ -47,7 +57,9 @@ class NewRows:
         self.counts: dict[str, int] = {}
         #: pool -> jids written claimed, in claim order
         self.taken: dict[str, list[int]] = {}
-        self.now = batch[0].message.created_at
+        self.now = now = batch[0].message.created_at
+        priority0 = batch[0].message.priority
+        plain = True  # every message without headers or trace, sharing priority and times
         self.first_mid = last_mid + 1
         add_message, add_job = self.messages.append, self.jobs.append
         per_route: dict[tuple[str, ...], int] = {}
@@ -62,19 +74,15 @@ class NewRows:
         for index, new in enumerate(batch):
             m = new.message
             mid += 1
-            add_message(
-                (
-                    mid,
-                    m.id,
-                    m.tag,
-                    m.payload,
-                    to_json(m.headers) if m.headers else None,
-                    m.priority,
-                    m.created_at,
-                    m.available_at,
-                    m.trace,
-                )
-            )
+            add_message((mid, m.id, m.tag, m.payload))
+            if plain and (
+                m.headers
+                or m.trace is not None
+                or m.priority != priority0
+                or m.created_at != now
+                or m.available_at != now
+            ):
+                plain = False
             if new.digest is not None:
                 self.keyed.append((index, m.id, new.digest, new.dedup_until))
             pools = new.pools
@@ -137,6 +145,24 @@ class NewRows:
                 self.counts[pool] = self.counts.get(pool, 0) + n
         #: where the first of the new ready jobs sorts, for the claim cursors
         self.first_ready = None if earliest == math.inf else (int(priority), earliest, latest)
+        #: a plain batch's messages are (mid, id, tag, payload), and these the values they
+        #: share: (priority, created_at = available_at); None: the messages are whole rows
+        self.shared: tuple[int, float] | None = (priority0, now) if plain else None
+        if not plain:
+            self.messages = [
+                (
+                    row[0],
+                    row[1],
+                    row[2],
+                    row[3],
+                    to_json(m.headers) if m.headers else None,
+                    m.priority,
+                    m.created_at,
+                    m.available_at,
+                    m.trace,
+                )
+                for row, m in zip(self.messages, (new.message for new in batch), strict=True)
+            ]
         if lowest < priority:
             for pool in list(taken):
                 self.untake(pool)
@@ -153,6 +179,7 @@ class NewRows:
         """These rows without the messages not in `mids` (duplicates)."""
         kept = object.__new__(NewRows)
         kept.now, kept.first_ready, kept.first_mid = self.now, self.first_ready, self.first_mid
+        kept.shared = self.shared
         kept.taken = {
             pool: [jid for jid in jids if jid // FANOUT_LIMIT in mids]
             for pool, jids in self.taken.items()

@@ -17,6 +17,12 @@ from .schema import DEAD, DELIVERED, FANOUT_LIMIT, SCHEDULED
 _INSERT_MESSAGE = ("INSERT INTO messages VALUES", "")
 #: for ids nobody has checked: the rowcount tells whether one was already there
 _INSERT_MESSAGE_NEW = ("INSERT OR IGNORE INTO messages VALUES", "")
+#: the same for a plain batch (rows.NewRows.shared): (mid, id, tag, payload) rows, the
+#: shared priority and time bound once; a bound value costs more than the SQL that copies it
+_PLAIN = """INTO messages (mid, id, tag, payload, headers, priority, created_at, available_at,
+    trace) SELECT column1, column2, column3, column4, NULL, ?1, ?2, ?2, NULL FROM (VALUES"""
+_INSERT_PLAIN = (f"INSERT {_PLAIN}", ")")
+_INSERT_PLAIN_NEW = (f"INSERT OR IGNORE {_PLAIN}", ")")
 #: producer ids, remembered for their dedup window: (id, digest, until)
 _INSERT_DEDUP = ("INSERT OR REPLACE INTO dedup (id, digest, until) VALUES", "")
 _INSERT_JOB = (
@@ -102,25 +108,39 @@ def _values(sql: tuple[str, str], width: int, n: int) -> str:
     return f"{sql[0]} {', '.join([row] * n)}{sql[1]}"
 
 
-def _many(db: sqlite3.Connection, sql: tuple[str, str], rows: Sequence[tuple[Any, ...]]) -> int:
+def _many(
+    db: sqlite3.Connection,
+    sql: tuple[str, str],
+    rows: Sequence[tuple[Any, ...]],
+    shared: Sequence[Any] = (),
+) -> int:
     """Run `sql` = (head, tail) over `rows` (all as wide as the first) as head, a multi-row
-    VALUES list, tail: an INSERT ... VALUES, or an UPDATE ... FROM (VALUES ...) AS v. Not
-    executemany: that steps once per row, and each step gives the GIL up and must win it
-    back from the event loop; behind a busy loop that waiting, not SQLite, was most of the
-    writer's time. Here each statement binds up to _ROWS_PER_STATEMENT rows, then runs them
-    in C in one step. Returns the rows changed."""
+    VALUES list, tail: an INSERT ... VALUES, or an UPDATE ... FROM (VALUES ...) AS v; the
+    `shared` values are bound first, as ?1, ?2, ... of the head. Not executemany: that
+    steps once per row, and each step gives the GIL up and must win it back from the event
+    loop; behind a busy loop that waiting, not SQLite, was most of the writer's time. Here
+    each statement binds up to _ROWS_PER_STATEMENT rows, then runs them in C in one step.
+    Returns the rows changed."""
     if not rows:
         return 0
     width = len(rows[0])
     # SQLite before 3.32 binds at most 999 parameters per statement
-    per = min(_ROWS_PER_STATEMENT, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width)
+    limit = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - len(shared)
+    per = min(_ROWS_PER_STATEMENT, limit // width)
     done = 0
     for start in range(0, len(rows), per):
         part = rows[start : start + per]
-        done += db.execute(
-            _values(sql, width, len(part)), [v for row in part for v in row]
-        ).rowcount
+        params = [*shared]
+        params += [v for row in part for v in row]
+        done += db.execute(_values(sql, width, len(part)), params).rowcount
     return done
+
+
+def _insert_messages(db: sqlite3.Connection, rows: NewRows, new: bool) -> int:
+    """INSERT (OR IGNORE, when `new`) the messages of `rows`."""
+    if rows.shared is None:
+        return _many(db, _INSERT_MESSAGE_NEW if new else _INSERT_MESSAGE, rows.messages)
+    return _many(db, _INSERT_PLAIN_NEW if new else _INSERT_PLAIN, rows.messages, rows.shared)
 
 
 def _ids_json(ids: Sequence[int]) -> str:
@@ -150,7 +170,7 @@ def enqueue(
         # producers did). Try them all, and only if one was already taken (an id reused
         # without a digest, or repeated in the batch) go back and sort them out.
         db.execute("SAVEPOINT enqueue")
-        if _many(db, _INSERT_MESSAGE_NEW, rows.messages) == len(rows.messages):
+        if _insert_messages(db, rows, new=True) == len(rows.messages):
             db.execute("RELEASE enqueue")
             _hand_over(d, claims, rows, queued)
             _many(db, _INSERT_JOB, rows.jobs)
@@ -183,7 +203,7 @@ def enqueue(
         rows.taken = kept_rows.taken  # what the store hands over
         rows = kept_rows
     _hand_over(d, claims, rows, queued)
-    _many(db, _INSERT_MESSAGE, rows.messages)
+    _insert_messages(db, rows, new=False)
     _many(db, _INSERT_JOB, rows.jobs)
     _many(db, _INSERT_DEDUP, [k[1:] for k in rows.keyed])
     _arrived(d, claims, rows)
