@@ -66,7 +66,7 @@ async def test_pragmas_and_schema_version(store: SqliteStore, db_path: Path) -> 
     assert await on_writer(store, lambda db: db.execute("PRAGMA synchronous").fetchone()[0]) == 2
     with sqlite3.connect(db_path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert {"messages", "jobs", "pool_settings", "audit"} <= tables
     db.close()
@@ -629,3 +629,27 @@ async def test_plain_and_other_messages_in_one_batch_keep_every_field(store: Sql
         status = await store.get_message(new.message.id)
         assert status is not None
         assert status.message == new.message
+
+
+async def test_a_first_attempt_success_is_kept_as_two_numbers_and_read_back_whole(
+    store: SqliteStore,
+) -> None:
+    await store.enqueue([new_message("a"), new_message("b")])
+    a, b = (await store.claim("p", 2, T0 + 1)).jobs
+    started, took = 1765000000.123457, 0.000123456789  # a real clock's digits
+    first = Attempt(1, started, took, Outcome.SUCCESS)
+    await store.complete([Completion(a, first), retry(b, T0 + 2, retry_at=T0 + 3)])
+    status = await store.get_message("a")
+    assert status is not None
+    assert status.jobs[0].attempts == [first]
+    assert status.jobs[0].finished_at == started + took
+    row = await on_writer(
+        store,
+        lambda db: db.execute("SELECT attempt_log FROM jobs WHERE jid = ?", (a.key,)).fetchone(),
+    )
+    assert row == (None,)  # no log written
+    b2 = (await store.claim("p", 1, T0 + 3)).jobs[0]
+    await store.complete([delivered(b2, T0 + 4)])  # a later success keeps the whole log
+    status = await store.get_message("b")
+    assert status is not None
+    assert [x.outcome for x in status.jobs[0].attempts] == [Outcome.FAILURE, Outcome.SUCCESS]

@@ -1,6 +1,6 @@
 """SQLite store: the embedded, durable default (`sqlite:///path/to/file.db`).
 
-Storage layout, schema version 3 (`PRAGMA user_version`; schema.py migrates in order)::
+Storage layout, schema version 4 (`PRAGMA user_version`; schema.py migrates in order)::
 
     messages                      one row per accepted message
       mid INTEGER PRIMARY KEY       assigned by the writer thread (max + 1 at open)
@@ -21,7 +21,9 @@ Storage layout, schema version 3 (`PRAGMA user_version`; schema.py migrates in o
                                     replay; also Job.enqueued_at
       created_at                    the message's, for jobs_undone (oldest_at)
       attempts                      attempts in the current generation
-      attempt_log                   JSON array of this generation's attempts (NULL: none)
+      attempt_log                   JSON array of this generation's attempts (NULL: none, or
+                                    a success at the first attempt, kept as the two below)
+      first_started, first_took     (version 4) that first attempt's start and duration
       history                       JSON array of earlier generations' arrays (NULL: none)
       finished_at                   set when delivered or dead, NULL while undone
       dead_reason, last_error

@@ -18,6 +18,7 @@ from ...message import (
     JobStatus,
     Message,
     MessageStatus,
+    Outcome,
     PoolCounts,
     State,
 )
@@ -53,6 +54,10 @@ def message(row: Sequence[Any], i: int) -> Message:
     )
 
 
+#: where a job row of `message_rows` holds its jid
+JID = 7
+
+
 def message_rows(db: sqlite3.Connection, message_id: str) -> MessageRows | None:
     """The message's row and its jobs' rows, from one snapshot."""
     db.execute("BEGIN")
@@ -66,12 +71,20 @@ def message_rows(db: sqlite3.Connection, message_id: str) -> MessageRows | None:
             return None
         jobs = db.execute(
             "SELECT pool, state, available_at, attempt_log, history, finished_at,"
-            " dead_reason, jid FROM jobs WHERE jid BETWEEN ? AND ? ORDER BY jid",
+            " dead_reason, jid, first_started, first_took"
+            " FROM jobs WHERE jid BETWEEN ? AND ? ORDER BY jid",
             (row[0] * FANOUT_LIMIT, row[0] * FANOUT_LIMIT + FANOUT_LIMIT - 1),
         ).fetchall()
     finally:
         db.execute("COMMIT")
     return row, jobs
+
+
+def _first(started: float | None, took: float | None) -> list[Attempt]:
+    """The attempts of a job delivered at its first attempt, as writes keep them."""
+    if started is None or took is None:
+        return []
+    return [Attempt(1, started, took, Outcome.SUCCESS)]
 
 
 def message_status(found: MessageRows, held: set[int]) -> MessageStatus:
@@ -86,12 +99,12 @@ def message_status(found: MessageRows, held: set[int]) -> MessageStatus:
                 if jid in held
                 else State(READY if state == SCHEDULED else state),
                 available_at=available_at,
-                attempts=_decode_attempts(log) if log else [],
+                attempts=_decode_attempts(log) if log else _first(*first),
                 history=_decode_history(history) if history else [],
                 finished_at=finished_at,
                 dead_reason=DeadReason(reason) if reason is not None else None,
             )
-            for pool, state, available_at, log, history, finished_at, reason, jid in jobs
+            for pool, state, available_at, log, history, finished_at, reason, jid, *first in jobs
         ],
     )
 

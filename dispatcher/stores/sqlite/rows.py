@@ -200,6 +200,15 @@ def outcome_rows(
     groups: dict[tuple[int, str], list[tuple[Any, ...]]] = {}
     for c in completions:
         a = c.attempt
+        if c.dead is None and c.retry_at is None and c.job.attempts == 0:
+            # The common case, success at the first attempt: two numbers, no log (the
+            # store reads the attempt back from them, see writes._DELIVERED_FIRST_SQL).
+            key = (DELIVERED_FIRST, c.job.pool)
+            rows = groups.get(key)
+            if rows is None:
+                rows = groups[key] = []
+            rows.append((a.started_at, a.duration, c.job.key))
+            continue
         log = to_json(a)
         if c.dead is not None:
             key = (DEAD, c.job.pool)
@@ -213,9 +222,6 @@ def outcome_rows(
         elif c.retry_at is not None:
             key = (SCHEDULED, c.job.pool)
             row = (log, c.retry_at, a.error, c.job.key)
-        elif c.job.attempts == 0:
-            key = (DELIVERED_FIRST, c.job.pool)
-            row = (f"[{log}]", a.started_at + a.duration, c.job.key)
         else:
             key = (DELIVERED, c.job.pool)
             row = (log, a.started_at + a.duration, c.job.key)

@@ -79,11 +79,19 @@ _V2: Final = (
 # completion a b-tree insert, about 4 us a message on the writer thread.
 _V3: Final = ("DROP INDEX jobs_delivered",)
 
+# Version 4: a success at the first attempt (most outcomes) is two numbers, not a JSON log
+# (writes._DELIVERED_FIRST_SQL): rows that do not grow by a hundred bytes, nothing to encode.
+_V4: Final = (
+    "ALTER TABLE jobs ADD COLUMN first_started REAL",
+    "ALTER TABLE jobs ADD COLUMN first_took REAL",
+)
+
 #: migration i brings the schema from version i to i + 1; append, never edit
 _MIGRATIONS: Final[tuple[Callable[[sqlite3.Connection], None], ...]] = (
     _statements(*_V1),
     _statements(*_V2),
     _statements(*_V3),
+    _statements(*_V4),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 

@@ -26,7 +26,7 @@ from ...message import (
 from ..base import Claim, Handoff, Store, require_pools
 from . import reads, schema, writes
 from .claims import ClaimBooks, Delta
-from .reads import MessageRows, message
+from .reads import JID, MessageRows, message
 from .rows import NewRows, outcome_rows, to_json
 from .schema import DEAD, FANOUT_LIMIT, READY, SCHEDULED
 from .writer import Writer, checkpoints
@@ -277,9 +277,9 @@ class SqliteStore(Store):
             return set()
         books = self._claims
         return {
-            jid
-            for pool, state, *_, jid in found[1]
-            if state == READY and pool in books and books[pool].in_flight(jid)
+            row[JID]
+            for row in found[1]
+            if row[1] == READY and row[0] in books and books[row[0]].in_flight(row[JID])
         }
 
     def _r_counts(self, db: sqlite3.Connection, now: float) -> dict[str, PoolCounts]:
