@@ -485,9 +485,9 @@ def test_reads_and_writes_run_on_a_plain_connection(tmp_path: Path) -> None:
             True,
             True,
         ]
-        rows, next_at = sqlite_writes.claim(db, Delta(), claims, "p", 10, T0 + 10)
+        rows, next_at = sqlite_writes.claim(db, Delta(), claims, {}, "p", 10, T0 + 10)
         assert next_at is None
-        jobs = [Job(r[0], "p", sqlite_reads.message(r, 4), r[1], r[2]) for r in rows]
+        jobs = [Job(r[0], "p", sqlite_reads.message(r[3], 0), r[1], r[2]) for r in rows]
         failed = [
             Completion(
                 j,
@@ -653,3 +653,28 @@ async def test_a_first_attempt_success_is_kept_as_two_numbers_and_read_back_whol
     status = await store.get_message("b")
     assert status is not None
     assert [x.outcome for x in status.jobs[0].attempts] == [Outcome.FAILURE, Outcome.SUCCESS]
+
+
+async def test_claims_take_new_messages_from_memory_and_read_the_others(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch = [new_message(i, payload=f'{{"n": "{i}"}}'.encode()) for i in ("a", "b")]
+    await store.enqueue(batch)
+    first = (await store.claim("p", 1, T0 + 1)).jobs
+    assert first[0].message is batch[0].message  # not read back
+    await store.release(first)
+    again = (await store.claim("p", 10, T0 + 1)).jobs
+    assert [j.message for j in again] == [batch[0].message, batch[1].message]
+    assert again[0].message is not batch[0].message  # claimed before: read from the file
+    assert again[1].message is batch[1].message
+    assert store._fresh == {}
+    # Kept only for jobs a claim will come for, and at most _FRESH_LIMIT of them.
+    monkeypatch.setattr(sqlite_module, "_FRESH_LIMIT", 3)
+    keyed = NewMessage(message("k"), ("p",), b"d", T0 + 60)
+    await store.enqueue([keyed])
+    answers = await store.enqueue_each([keyed, new_message("x"), new_message("y")])
+    assert answers == [False, True, True]
+    assert sorted(m.id for m in store._fresh.values()) == ["k", "x"]
+    claimed = (await store.claim("p", 10, T0 + 1)).jobs
+    assert [j.message.id for j in claimed] == ["k", "x", "y"]
+    assert claimed[2].message == message("y")

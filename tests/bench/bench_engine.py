@@ -4,6 +4,7 @@
         [--producers N]
     python -m tests.bench.bench_engine latency [--rates 100,1000,5000] [--seconds 10]
     python -m tests.bench.bench_engine backlog [--messages 1000000]
+    python -m tests.bench.bench_engine drain [--messages 30000]
 
 throughput: N messages published through Dispatcher.publish in batches of 1,000 to one pool
 with a no-op python sink and concurrency 64; end to end = first publish to last delivery.
@@ -11,6 +12,7 @@ latency: single messages offered at steady rates, open loop, through api.Singles
 of POST /v1/messages); publish called (the commit's wait included) to sink start: p50, p99,
 p99.9.
 backlog: N messages queued on a paused pool; the process's peak RSS.
+drain: N messages queued on a paused pool, then resumed: the claim path alone.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 from dispatcher import Dispatcher, Publish
 from dispatcher.bench import open_loop
 from dispatcher.http.api import Singles
-from dispatcher.server import tune_process
+from dispatcher.server import tune_gc, tune_process
 
 from .. import factories
 from . import handlers
@@ -167,9 +169,34 @@ async def backlog(messages: int, batch: int) -> None:
         await dispatcher.stop()
 
 
+async def drain(store: str, messages: int, batch: int) -> None:
+    """The claim path alone: `messages` queued on a paused pool, then resumed; the rate at
+    which the pool drains them (every job claimed, none handed over at enqueue)."""
+    with tempfile.TemporaryDirectory() as directory:
+        settings = _settings(_url(store, directory), "tests.bench.handlers:noop")
+        dispatcher = Dispatcher(settings)
+        await dispatcher.start()
+        tune_gc()
+        await dispatcher.update_pool("bench", paused=True, actor="bench")
+        items = [Publish("bench.drain", b'{"n": 1}')] * batch
+        for _ in range(messages // batch):
+            await dispatcher.publish(items)
+        before = thread_cpu()
+        started = time.perf_counter()
+        await dispatcher.update_pool("bench", paused=False, actor="bench")
+        while dispatcher.attempt_totals()["bench"][0] < messages:
+            await asyncio.sleep(0.005)
+        elapsed = time.perf_counter() - started
+        print(
+            f"drain store={store} messages={messages:,}: {messages / elapsed:,.0f} messages/s "
+            f"({elapsed:.2f} s)\n  {cpu_report(before, thread_cpu(), messages)}"
+        )
+        await dispatcher.stop()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["throughput", "latency", "backlog"])
+    parser.add_argument("kind", choices=["throughput", "latency", "backlog", "drain"])
     parser.add_argument("--store", default="sqlite", choices=["sqlite", "memory"])
     parser.add_argument("--messages", type=int, default=None)
     parser.add_argument("--batch", type=int, default=1000)
@@ -183,6 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.kind == "latency":
         for rate in args.rates.split(","):
             asyncio.run(latency(args.store, float(rate), args.seconds))
+    elif args.kind == "drain":
+        asyncio.run(drain(args.store, args.messages or 30_000, args.batch))
     else:
         asyncio.run(backlog(args.messages or 1_000_000, args.batch))
 

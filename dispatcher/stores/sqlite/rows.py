@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from ...message import Completion, NewMessage
+from ...message import Completion, Message, NewMessage
 from .schema import CLAIMED, DEAD, DELIVERED, FANOUT_LIMIT, READY, SCHEDULED
 
 DELIVERED_FIRST = -2  # not a stored state: groups first-attempt successes in writes.complete
@@ -24,6 +24,9 @@ def to_json(value: object) -> str:
 class NewRows:
     """A batch of new messages as the rows the writer inserts. Mids are numbered from
     `last_mid` + 1 in batch order; `keyed` holds (index, id, digest, until) of producer ids.
+
+    With `fresh`, each message with one job written ready is put there by mid (while it
+    holds fewer than `fresh_limit`), so that its claim needs not read it back.
 
     With `room` (pool -> how many new jobs its window takes now, asked once per pool), the
     first ready jobs of each pool, up to its room, are written claimed (state 1) and listed
@@ -50,6 +53,8 @@ class NewRows:
         batch: Sequence[NewMessage],
         last_mid: int,
         room: Callable[[str], int] | None = None,
+        fresh: dict[int, Message] | None = None,
+        fresh_limit: int = 0,
     ) -> None:
         self.messages: list[tuple[Any, ...]] = []
         self.jobs: list[tuple[Any, ...]] = []
@@ -114,6 +119,8 @@ class NewRows:
                 if available_at > latest:
                     latest = available_at
             if len(pools) == 1:
+                if state == READY and fresh is not None and len(fresh) < fresh_limit:
+                    fresh[mid] = m  # for the claim that will take it (writes.claim)
                 add_job(
                     (
                         mid * FANOUT_LIMIT,

@@ -19,6 +19,7 @@ from ...message import (
     DlqEntry,
     DlqFilter,
     Job,
+    Message,
     MessageStatus,
     NewMessage,
     PoolCounts,
@@ -36,6 +37,8 @@ _P = ParamSpec("_P")
 
 _CHUNK: Final = 5000
 _NONE: Final = (0, 0, 0)
+#: messages kept for their claim (SqliteStore._fresh): ~10 MB of small ones at most
+_FRESH_LIMIT: Final = 32768
 _STATUS_READS: Final = 3  # reads of a message's rows before commits in between are let be
 
 _NEW, _OPEN, _CLOSING, _CLOSED = range(4)
@@ -63,6 +66,11 @@ class SqliteStore(Store):
         self._checkpointer: threading.Thread | None = None
         self._stop_checkpoints = threading.Event()
         self._handoffs: dict[str, Handoff] = {}  # pools that take new jobs as enqueued
+        # Messages of ready jobs not claimed yet, by mid (writes.claim): put in on the loop
+        # as a batch is built (before its enqueue is queued), taken out by the writer as it
+        # claims them, or by the loop if the enqueue did not write them. Single dict
+        # operations, atomic under the GIL; a message not here is read back instead.
+        self._fresh: dict[int, Message] = {}
         # Owned by the reader thread.
         self._r: sqlite3.Connection
 
@@ -311,17 +319,31 @@ class SqliteStore(Store):
             n = offered[pool] = to.offer(len(batch)) if to is not None else 0
             return n
 
-        rows = NewRows(batch, self._next_mid, room if handoffs else None)
+        rows = NewRows(batch, self._next_mid, room if handoffs else None, self._fresh, _FRESH_LIMIT)
         self._next_mid += len(batch)
         future = self._submit(
             lambda db, d: writes.enqueue(db, d, self._claims, rows, self._w_queued, each)
         )
+        # Callbacks, not code after the await: they must run even if the caller is
+        # cancelled meanwhile (handed jobs are claimed once committed).
+        future.add_done_callback(lambda f: self._forget_unwritten(f, rows.first_mid, len(batch)))
         if offered:
-            # A callback, not code after the await: the handover must happen even if the
-            # caller is cancelled meanwhile (the jobs are claimed once committed).
             future.add_done_callback(lambda f: self._hand_over(f, batch, rows, offered))
-            return await asyncio.shield(future)
-        return await future
+        return await asyncio.shield(future)
+
+    def _forget_unwritten(
+        self, done: asyncio.Future[list[bool | IdConflict]], first_mid: int, n: int
+    ) -> None:
+        """Take the messages an enqueue did not write out of `_fresh` (all of them if it
+        failed, else the duplicates and conflicts): no claim will come for them."""
+        fresh = self._fresh
+        if done.cancelled() or done.exception() is not None:
+            for mid in range(first_mid, first_mid + n):
+                fresh.pop(mid, None)
+            return
+        for index, answer in enumerate(done.result()):
+            if answer is not True:
+                fresh.pop(first_mid + index, None)
 
     def _hand_over(
         self,
@@ -347,8 +369,16 @@ class SqliteStore(Store):
     async def claim(self, pool: str, limit: int, now: float) -> Claim:
         # Claims write nothing (see claims.Claims), but they go through the writer, which
         # owns the claim books; _write_volatile lets a group of them commit without an fsync.
-        rows, next_at = await self._write_volatile(writes.claim, self._claims, pool, limit, now)
-        return Claim([Job(r[0], pool, message(r, 4), r[1], r[2]) for r in rows], next_at)
+        rows, next_at = await self._write_volatile(
+            writes.claim, self._claims, self._fresh, pool, limit, now
+        )
+        return Claim(
+            [
+                Job(jid, pool, m if type(m) is Message else message(m, 0), attempts, at)
+                for jid, attempts, at, m in rows
+            ],
+            next_at,
+        )
 
     async def complete(self, completions: Sequence[Completion]) -> None:
         self._check()

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from ...errors import IdConflict
-from ...message import AuditEntry, Job
+from ...message import AuditEntry, Job, Message
 from .claims import ClaimBooks, Delta
 from .rows import DELIVERED_FIRST, NewRows, to_json
 from .schema import DEAD, DELIVERED, FANOUT_LIMIT, SCHEDULED
@@ -31,10 +31,11 @@ _INSERT_JOB = (
 )
 _ROWS_PER_STATEMENT: Final = 1024
 _PROMOTE = "UPDATE jobs SET state = 0 WHERE state = 4 AND pool = ? AND available_at <= ?"
-_CLAIM_COLUMNS = """j.jid, j.attempts, j.available_at, j.priority,
-    m.id, m.tag, m.payload, m.created_at, m.priority, m.available_at, m.headers, m.trace
-    FROM jobs j JOIN messages m ON m.mid = j.mid
-    WHERE j.state = 0 AND j.pool = ?1 AND j.available_at <= ?2"""
+#: the jobs alone: their messages come from the store's `fresh`, or _MESSAGES
+_CLAIM_COLUMNS = """j.jid, j.attempts, j.available_at, j.priority
+    FROM jobs j WHERE j.state = 0 AND j.pool = ?1 AND j.available_at <= ?2"""
+_MESSAGES = """SELECT mid, id, tag, payload, created_at, priority, available_at, headers, trace
+    FROM messages WHERE mid IN (SELECT value FROM json_each(?))"""
 #: the head of jobs_ready, in claim order
 _CLAIM_HEAD = f"""SELECT {_CLAIM_COLUMNS}
     ORDER BY j.priority DESC, j.available_at, j.jid LIMIT ?3"""
@@ -257,10 +258,18 @@ def _known_ids(
 
 
 def claim(
-    db: sqlite3.Connection, d: Delta, claims: ClaimBooks, pool: str, limit: int, now: float
+    db: sqlite3.Connection,
+    d: Delta,
+    claims: ClaimBooks,
+    fresh: dict[int, Message],
+    pool: str,
+    limit: int,
+    now: float,
 ) -> tuple[list[tuple[Any, ...]], float | None]:
-    """Rows of up to `limit` claimable jobs (the Jobs are built by the store's `claim`,
-    off this thread), and the next scheduled job's time."""
+    """Up to `limit` claimable jobs as (jid, attempts, available_at, message), and the next
+    scheduled job's time; the store builds the Jobs, off this thread. The message is the
+    one `fresh` kept by mid (taken out here), else its row as reads.message reads it, read
+    in one query for all that missed."""
     books = claims.of(pool)
     held = books.held
     cursor = None if db.execute(_PROMOTE, (pool, now)).rowcount else books.cursor
@@ -292,7 +301,31 @@ def claim(
         cursor = None  # a ready job due after `now` may sit behind it, unseen
     d.undo.append(books.claimed([r[0] for r in rows], cursor))
     next_at = db.execute(_NEXT_AT, (pool,)).fetchone()[0]
-    return rows, next_at
+    return _with_messages(db, rows, fresh), next_at
+
+
+def _with_messages(
+    db: sqlite3.Connection, rows: list[tuple[Any, ...]], fresh: dict[int, Message]
+) -> list[tuple[Any, ...]]:
+    """Claimed (jid, attempts, available_at, priority) rows as (jid, attempts,
+    available_at, message): a Message from `fresh`, or a message row. Reading a message
+    back costs the writer a row of Python objects while it holds the GIL; most claimed
+    messages were enqueued moments before, and are still in `fresh`."""
+    out: list[tuple[Any, ...]] = []
+    missed: list[int] = []
+    take = fresh.pop
+    for jid, attempts, available_at, _ in rows:
+        m = take(jid // FANOUT_LIMIT, None)
+        if m is None:
+            missed.append(len(out))
+        out.append((jid, attempts, available_at, m))
+    if missed:
+        mids = [out[i][0] // FANOUT_LIMIT for i in missed]
+        found = {r[0]: r[1:] for r in db.execute(_MESSAGES, (_ids_json(mids),))}
+        for i, mid in zip(missed, mids, strict=True):
+            jid, attempts, available_at, _ = out[i]
+            out[i] = (jid, attempts, available_at, found[mid])
+    return out
 
 
 def complete(
