@@ -543,6 +543,7 @@ async def test_new_jobs_are_handed_to_a_pool_with_room(store: SqliteStore) -> No
     assert window.received[0][1] == 2
     handed = window.received[0][0]
     assert all(j.attempts == 0 and j.pool == "p" and j.enqueued_at == T0 for j in handed)
+    assert [m.id for m in store._fresh.values()] == ["c"]  # kept for its claim only
     assert [j.state for j in (await store.get_message("a")).jobs] == [State.CLAIMED]  # type: ignore[union-attr]
     counts = (await store.counts(T0))["p"]
     assert (counts.ready, counts.claimed) == (1, 2)
@@ -559,6 +560,7 @@ async def test_no_handoff_while_older_jobs_wait_or_priorities_differ(store: Sqli
     await store.enqueue([new_message("old")])
     window.room = 10
     await store.enqueue([new_message("new")])  # "old" is queued: it is claimed first
+    assert sorted(m.id for m in store._fresh.values()) == ["new", "old"]
     assert window.ids == []
     assert window.received[-1] == ([], 1)
     claim = await store.claim("p", 10, T0 + 1)

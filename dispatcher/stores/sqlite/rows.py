@@ -25,7 +25,7 @@ class NewRows:
     """A batch of new messages as the rows the writer inserts. Mids are numbered from
     `last_mid` + 1 in batch order; `keyed` holds (index, id, digest, until) of producer ids.
 
-    With `fresh`, each message with one job written ready is put there by mid (while it
+    With `fresh`, each message with one job not scheduled is put there by mid (while it
     holds fewer than `fresh_limit`), so that its claim needs not read it back.
 
     With `room` (pool -> how many new jobs its window takes now, asked once per pool), the
@@ -119,8 +119,10 @@ class NewRows:
                 if available_at > latest:
                     latest = available_at
             if len(pools) == 1:
-                if state == READY and fresh is not None and len(fresh) < fresh_limit:
-                    fresh[mid] = m  # for the claim that will take it (writes.claim)
+                if state != SCHEDULED and fresh is not None and len(fresh) < fresh_limit:
+                    # For the claim that will take it (writes.claim); a job handed over
+                    # after all is taken out again once committed (SqliteStore._hand_over).
+                    fresh[mid] = m
                 add_job(
                     (
                         mid * FANOUT_LIMIT,

@@ -354,11 +354,13 @@ class SqliteStore(Store):
     ) -> None:
         """Give each pool that offered room the jobs committed claimed for it."""
         committed = not done.cancelled() and done.exception() is None
+        fresh = self._fresh
         for pool, n in offered.items():
             jobs: list[Job] = []
             if committed:
                 first = rows.first_mid
                 for jid in rows.taken.get(pool, ()):
+                    fresh.pop(jid // FANOUT_LIMIT, None)  # handed over: no claim will come
                     m = batch[jid // FANOUT_LIMIT - first].message
                     jobs.append(Job(jid, pool, m, 0, m.created_at))
             self._handoffs[pool].receive(jobs, n)
