@@ -86,18 +86,20 @@ class Claims:
         jobs_ready, so the cursor stays where it is."""
         return self._set(jids, (), self.cursor)
 
-    def finished(self, jids: Sequence[int]) -> Callable[[], None]:
+    def finished(self, jids: Sequence[int]) -> tuple[set[int], Callable[[], None]]:
+        """Outcomes of `jids` are being written: those held (not released meanwhile) move
+        to `leaving`. Answers them and the undo."""
         with self.lock:
-            done = [jid for jid in set(jids) if jid in self.held]
-            self.held.difference_update(done)
-            self.leaving.update(done)
+            done = self.held.intersection(jids)
+            self.held -= done
+            self.leaving |= done
 
         def undo() -> None:
             with self.lock:
-                self.leaving.difference_update(done)
-                self.held.update(done)
+                self.leaving -= done
+                self.held |= done
 
-        return undo
+        return done, undo
 
     def in_flight(self, jid: int) -> bool:
         """Claimed, or finished by a write not yet committed (call under the lock)."""

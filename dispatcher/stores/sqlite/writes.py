@@ -338,11 +338,14 @@ def complete(
     jid is the last column. Jobs not held (released meanwhile) are left alone."""
     for (fate, pool), rows in groups.items():
         books = claims.get(pool)
-        mine = [] if books is None else [row for row in rows if row[-1] in books.held]
-        if books is None or not mine:
+        if books is None:
             continue
+        done, undo = books.finished([row[-1] for row in rows])
+        d.undo.append(undo)
+        if not done:
+            continue
+        mine = rows if len(done) == len(rows) else [row for row in rows if row[-1] in done]
         n = _many(db, _OUTCOME_SQL[fate], mine)
-        d.undo.append(books.finished([row[-1] for row in mine]))
         delta = d.setdefault(pool, [0, 0, 0])
         delta[1] -= n
         if fate == SCHEDULED:
