@@ -543,7 +543,7 @@ async def test_new_jobs_are_handed_to_a_pool_with_room(store: SqliteStore) -> No
     assert window.received[0][1] == 2
     handed = window.received[0][0]
     assert all(j.attempts == 0 and j.pool == "p" and j.enqueued_at == T0 for j in handed)
-    assert [m.id for m in store._fresh.values()] == ["c"]  # kept for its claim only
+    assert [j.message.id for j in store._tails["p"].jobs] == ["c"]  # kept for its claim
     assert [j.state for j in (await store.get_message("a")).jobs] == [State.CLAIMED]  # type: ignore[union-attr]
     counts = (await store.counts(T0))["p"]
     assert (counts.ready, counts.claimed) == (1, 2)
@@ -560,7 +560,7 @@ async def test_no_handoff_while_older_jobs_wait_or_priorities_differ(store: Sqli
     await store.enqueue([new_message("old")])
     window.room = 10
     await store.enqueue([new_message("new")])  # "old" is queued: it is claimed first
-    assert sorted(m.id for m in store._fresh.values()) == ["new", "old"]
+    assert [j.message.id for j in store._tails["p"].jobs] == ["old", "new"]
     assert window.ids == []
     assert window.received[-1] == ([], 1)
     claim = await store.claim("p", 10, T0 + 1)
@@ -660,6 +660,7 @@ async def test_a_first_attempt_success_is_kept_as_two_numbers_and_read_back_whol
 async def test_claims_take_new_messages_from_memory_and_read_the_others(
     store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(sqlite_module, "_TAIL_LIMIT", 0)  # claims of the file alone
     batch = [new_message(i, payload=f'{{"n": "{i}"}}'.encode()) for i in ("a", "b")]
     await store.enqueue(batch)
     first = (await store.claim("p", 1, T0 + 1)).jobs
@@ -680,3 +681,47 @@ async def test_claims_take_new_messages_from_memory_and_read_the_others(
     claimed = (await store.claim("p", 10, T0 + 1)).jobs
     assert [j.message.id for j in claimed] == ["k", "x", "y"]
     assert claimed[2].message == message("y")
+
+
+async def test_a_tail_serves_claims_without_the_writer_until_something_comes_ahead(
+    store: SqliteStore,
+) -> None:
+    await store.claim("p", 10, T0)  # the pool's first claim: nothing, no schedule
+    batch = [new_message(i) for i in ("a", "b", "c")]
+    await store.enqueue(batch)
+    commits = store.commits
+    claim = await store.claim("p", 2, T0 + 1)
+    assert [j.message for j in claim.jobs] == [batch[0].message, batch[1].message]
+    assert claim.jobs[0].message is batch[0].message
+    assert claim.next_at is None
+    assert store.commits == commits  # the writer was not asked
+    counts = (await store.counts(T0 + 1))["p"]
+    assert (counts.ready, counts.claimed) == (1, 2)
+    assert [j.state for j in (await store.get_message("a")).jobs] == [State.CLAIMED]  # type: ignore[union-attr]
+    # A message of higher priority sorts ahead: the tail is dropped, the file orders them.
+    await store.enqueue([new_message("urgent", priority=5)])
+    assert "p" not in store._tails
+    claim = await store.claim("p", 10, T0 + 1)
+    assert [j.message.id for j in claim.jobs] == ["urgent", "c"]
+    # Empty again: the next enqueue begins a tail; a release drops it (ready ahead of it).
+    await store.complete([delivered(j, T0 + 2) for j in claim.jobs])
+    await store.enqueue([new_message("e")])
+    assert [j.message.id for j in store._tails["p"].jobs] == ["e"]
+    await store.release((await store.claim("p", 1, T0 + 3)).jobs)
+    assert "p" not in store._tails
+    assert [j.message.id for j in (await store.claim("p", 10, T0 + 3)).jobs] == ["e"]
+
+
+async def test_a_scheduled_job_due_sends_the_claim_to_the_file(store: SqliteStore) -> None:
+    await store.claim("p", 10, T0)
+    await store.enqueue([new_message("later", delay=5)])  # scheduled: next_at T0 + 5
+    await store.enqueue([new_message("now", created=T0 + 1)])
+    assert [j.message.id for j in store._tails["p"].jobs] == ["now"]  # every ready one
+    commits = store.commits
+    claim = await store.claim("p", 10, T0 + 2)
+    assert [j.message.id for j in claim.jobs] == ["now"]
+    assert claim.next_at == T0 + 5
+    assert store.commits == commits
+    claim = await store.claim("p", 10, T0 + 6)  # "later" is due: the file promotes it
+    assert [j.message.id for j in claim.jobs] == ["later"]
+    assert store.commits > commits

@@ -50,7 +50,7 @@ class Claims:
     `leaving` until its outcome commits: until then its row still reads ready, and the
     reader must go on calling it claimed (see SqliteStore._r_get_message)."""
 
-    __slots__ = ("cursor", "future_at", "held", "leaving", "lock")
+    __slots__ = ("cursor", "future_at", "held", "leaving", "lock", "ready_gen")
 
     def __init__(self, lock: threading.Lock) -> None:
         self.held: set[int] = set()
@@ -58,13 +58,16 @@ class Claims:
         self.cursor: Cursor | None = None
         self.future_at = 0.0
         self.lock = lock
+        #: bumped whenever jobs become ready other than by an enqueue (a release, a
+        #: promotion, a replay): the store's tail of the pool's queue is stale then
+        self.ready_gen = 0
 
     def _set(
         self, add: Sequence[int], remove: Sequence[int], cursor: Cursor | None
-    ) -> Callable[[], None]:
+    ) -> tuple[set[int], Callable[[], None]]:
         with self.lock:
             before = self.cursor
-            added = [jid for jid in add if jid not in self.held]
+            added = {jid for jid in add if jid not in self.held}
             removed = [jid for jid in set(remove) if jid in self.held]
             self.held.update(added)
             self.held.difference_update(removed)
@@ -76,15 +79,27 @@ class Claims:
                 self.held.update(removed)
                 self.cursor = before
 
-        return undo
+        return added, undo
 
-    def claimed(self, jids: Sequence[int], cursor: Cursor | None) -> Callable[[], None]:
+    def claimed(
+        self, jids: Sequence[int], cursor: Cursor | None
+    ) -> tuple[set[int], Callable[[], None]]:
+        """Hold `jids`: answers those held now (one the store claimed from its tail
+        meanwhile is not claimed twice) and the undo."""
         return self._set(jids, (), cursor)
+
+    def take(self, jids: Sequence[int]) -> set[int]:
+        """Hold `jids` outside any write (claims from the store's tail); answers those held
+        now (one a claim of the file took meanwhile is not taken twice)."""
+        with self.lock:
+            added = set(jids).difference(self.held)
+            self.held |= added
+        return added
 
     def took(self, jids: Sequence[int]) -> Callable[[], None]:
         """New jobs written claimed (state 1) for the pool's window: held, and never in
         jobs_ready, so the cursor stays where it is."""
-        return self._set(jids, (), self.cursor)
+        return self._set(jids, (), self.cursor)[1]
 
     def finished(self, jids: Sequence[int]) -> tuple[set[int], Callable[[], None]]:
         """Outcomes of `jids` are being written: those held (not released meanwhile) move
@@ -106,10 +121,19 @@ class Claims:
         return jid in self.held or jid in self.leaving
 
     def released(self, jids: Sequence[int]) -> Callable[[], None]:
-        return self._set((), jids, None)
+        self.readied()
+        return self._set((), jids, None)[1]
 
     def rewind(self) -> Callable[[], None]:
-        return self._set((), (), None)
+        """Jobs were made ready ahead of the cursor (a replay)."""
+        self.readied()
+        return self._set((), (), None)[1]
+
+    def readied(self) -> None:
+        """Jobs became ready other than by an enqueue. Never undone: a generation moved in
+        vain only sends the next claim to the file."""
+        with self.lock:
+            self.ready_gen += 1
 
     def arrived(self, priority: int, earliest: float, latest: float) -> Callable[[], None]:
         """Ready jobs were written: the first sorts at (priority, earliest) or later (their
@@ -118,7 +142,7 @@ class Claims:
         self.future_at = max(before, latest)
         c = self.cursor
         ahead = c is not None and (priority > c[0] or (priority == c[0] and earliest < c[1]))
-        undo_cursor = self._set((), (), None if ahead else c)
+        undo_cursor = self._set((), (), None if ahead else c)[1]
 
         def undo() -> None:
             undo_cursor()

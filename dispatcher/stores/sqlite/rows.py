@@ -42,6 +42,7 @@ class NewRows:
         "keyed",
         "messages",
         "now",
+        "opens",
         "shared",
         "taken",
     )
@@ -62,6 +63,9 @@ class NewRows:
         self.counts: dict[str, int] = {}
         #: pool -> jids written claimed, in claim order
         self.taken: dict[str, list[int]] = {}
+        #: pool -> its books' ready_gen, for pools with nothing queued before this batch
+        #: (filled by the writer, writes._hand_over)
+        self.opens: dict[str, int] = {}
         self.now = now = batch[0].message.created_at
         priority0 = batch[0].message.priority
         plain = True  # every message without headers or trace, sharing priority and times
@@ -189,6 +193,7 @@ class NewRows:
         kept = object.__new__(NewRows)
         kept.now, kept.first_ready, kept.first_mid = self.now, self.first_ready, self.first_mid
         kept.shared = self.shared
+        kept.opens = self.opens  # one dict: the writer fills it, the store reads it
         kept.taken = {
             pool: [jid for jid in jids if jid // FANOUT_LIMIT in mids]
             for pool, jids in self.taken.items()

@@ -9,6 +9,7 @@ import concurrent.futures
 import os
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Concatenate, Final, ParamSpec, TypeVar, cast
 
@@ -37,11 +38,33 @@ _P = ParamSpec("_P")
 
 _CHUNK: Final = 5000
 _NONE: Final = (0, 0, 0)
-#: messages kept for their claim (SqliteStore._fresh): ~10 MB of small ones at most
-_FRESH_LIMIT: Final = 32768
+#: messages kept for their claim (SqliteStore._fresh), and jobs a pool's tail holds at most
+#: (SqliteStore._tails): with small messages, ~5 MB each
+_FRESH_LIMIT: Final = 16384
+_TAIL_LIMIT: Final = 16384
 _STATUS_READS: Final = 3  # reads of a message's rows before commits in between are let be
 
 _NEW, _OPEN, _CLOSING, _CLOSED = range(4)
+
+
+class _Tail:
+    """The head of one pool's queue, in memory: its ready jobs in claim order, kept as
+    enqueues commit them from a moment the pool had nothing queued, so that a claim takes
+    them from here, at once, rather than reading them back after the writes queued ahead
+    of it (a burst of enqueues made claims wait ~40 ms each, and the workers starve).
+
+    Open while it holds every ready job of the pool (enqueues append); closed at
+    _TAIL_LIMIT jobs (what follows is in the file only: claims read it once the tail is
+    empty). Stale, and dropped, once jobs became ready ahead of it (the pool's ready_gen
+    moved: a release, a promotion, a replay) or a claim of the file may have taken some."""
+
+    __slots__ = ("gen", "jobs", "open", "priority")
+
+    def __init__(self, gen: int) -> None:
+        self.gen = gen
+        self.jobs: deque[Job] = deque()
+        self.open = True
+        self.priority: int | None = None  # of its jobs; a job of another ends the tail
 
 
 class SqliteStore(Store):
@@ -71,6 +94,11 @@ class SqliteStore(Store):
         # claims them, or by the loop if the enqueue did not write them. Single dict
         # operations, atomic under the GIL; a message not here is read back instead.
         self._fresh: dict[int, Message] = {}
+        # Owned by the loop: each pool's queue head as far as memory holds it (_Tail), and
+        # the earliest time one of its scheduled jobs may be due (None: none; a pool not
+        # here: unknown, so its claims ask the file, which promotes due jobs).
+        self._tails: dict[str, _Tail] = {}
+        self._next_at: dict[str, float | None] = {}
         # Owned by the reader thread.
         self._r: sqlite3.Connection
 
@@ -329,7 +357,44 @@ class SqliteStore(Store):
         future.add_done_callback(lambda f: self._forget_unwritten(f, rows.first_mid, len(batch)))
         if offered:
             future.add_done_callback(lambda f: self._hand_over(f, batch, rows, offered))
+        future.add_done_callback(lambda f: self._keep_ready(f, batch, rows))
         return await asyncio.shield(future)
+
+    def _keep_ready(
+        self,
+        done: asyncio.Future[list[bool | IdConflict]],
+        batch: Sequence[NewMessage],
+        rows: NewRows,
+    ) -> None:
+        """After an enqueue committed (callbacks run in commit order): its ready jobs join
+        their pool's tail, in claim order; a pool that had nothing queued before it starts
+        a tail; a scheduled job may bring the pool's next_at forward."""
+        if done.cancelled() or done.exception() is not None:
+            return
+        tails, fresh, next_at = self._tails, self._fresh, self._next_at
+        for pool, gen in rows.opens.items():
+            tails[pool] = _Tail(gen)  # a tail left over holds only jobs claimed since
+        first = rows.first_mid
+        for jid, mid, pool, state, priority, available_at, _ in rows.jobs:
+            if state != READY:
+                if state == SCHEDULED and pool in next_at:
+                    at = next_at[pool]
+                    next_at[pool] = available_at if at is None else min(at, available_at)
+                continue
+            tail = tails.get(pool)
+            if tail is None or not tail.open:
+                continue
+            if len(tail.jobs) >= _TAIL_LIMIT:
+                tail.open = False
+                continue
+            if tail.priority is None:
+                tail.priority = priority
+            elif priority != tail.priority:
+                del tails[pool]  # it sorts apart from the tail: let the file order them
+                continue
+            m = batch[mid - first].message
+            fresh.pop(mid, None)  # the tail holds it now
+            tail.jobs.append(Job(jid, pool, m, 0, available_at))
 
     def _forget_unwritten(
         self, done: asyncio.Future[list[bool | IdConflict]], first_mid: int, n: int
@@ -369,22 +434,74 @@ class SqliteStore(Store):
         self._handoffs[pool] = to
 
     async def claim(self, pool: str, limit: int, now: float) -> Claim:
+        self._check()
+        jobs: list[Job] = []
+        tail = self._tails.get(pool)
+        if tail is not None:
+            from_tail = self._claim_tail(pool, tail, limit, now)
+            if from_tail is not None:
+                jobs, whole = from_tail
+                if whole:
+                    return Claim(jobs, self._next_at[pool])
         # Claims write nothing (see claims.Claims), but they go through the writer, which
         # owns the claim books; _write_volatile lets a group of them commit without an fsync.
-        rows, next_at = await self._write_volatile(
-            writes.claim, self._claims, self._fresh, pool, limit, now
-        )
-        return Claim(
-            [
-                Job(jid, pool, m if type(m) is Message else message(m, 0), attempts, at)
-                for jid, attempts, at, m in rows
-            ],
-            next_at,
-        )
+        # No tail may hold what this claim takes (once finished, such a job would look
+        # claimable to it): none is kept until the pool's queue is empty again.
+        self._tails.pop(pool, None)
+        try:
+            rows, next_at = await self._write_volatile(
+                writes.claim, self._claims, self._fresh, pool, limit - len(jobs), now
+            )
+        finally:
+            self._tails.pop(pool, None)  # one begun meanwhile may hold some of them
+        self._next_at[pool] = next_at
+        jobs += [
+            Job(jid, pool, m if type(m) is Message else message(m, 0), attempts, at)
+            for jid, attempts, at, m in rows
+        ]
+        return Claim(jobs, next_at)
+
+    def _claim_tail(
+        self, pool: str, tail: _Tail, limit: int, now: float
+    ) -> tuple[list[Job], bool] | None:
+        """Claim from the pool's tail: the jobs, and whether they are the whole answer (the
+        tail held every ready job, or `limit` of them). None when the file must answer:
+        the tail is stale, or a scheduled job may be due (the file's claim promotes it)."""
+        books = self._claims.get(pool)
+        if books is None or books.ready_gen != tail.gen:
+            del self._tails[pool]
+            return None
+        if pool not in self._next_at:
+            return None
+        next_at = self._next_at[pool]
+        if next_at is not None and next_at <= now:
+            return None
+        queue = tail.jobs
+        got: list[Job] = []
+        while queue and len(got) < limit and queue[0].enqueued_at <= now:
+            some: list[Job] = []
+            while queue and len(got) + len(some) < limit and queue[0].enqueued_at <= now:
+                some.append(queue.popleft())
+            held = books.take([job.key for job in some])
+            got += some if len(held) == len(some) else [j for j in some if j.key in held]
+        if got:
+            with self._lock:
+                c = self._counters[pool]
+                c[0] -= len(got)
+                c[1] += len(got)
+        if not queue and not tail.open:
+            del self._tails[pool]  # what follows is in the file only
+            return got, len(got) == limit
+        return got, True
 
     async def complete(self, completions: Sequence[Completion]) -> None:
         self._check()
         if completions:
+            next_at = self._next_at
+            for c in completions:
+                if c.retry_at is not None and c.job.pool in next_at:
+                    at = next_at[c.job.pool]
+                    next_at[c.job.pool] = c.retry_at if at is None else min(at, c.retry_at)
             # The rows are built here, on the event loop, so the writer thread (the
             # bottleneck under load) only executes them.
             await self._write(writes.complete, self._claims, outcome_rows(completions))
@@ -392,6 +509,9 @@ class SqliteStore(Store):
     async def release(self, jobs: Sequence[Job]) -> None:
         self._check()
         if jobs:
+            # Ready again, ahead of any tail: from now on, not once the writer gets to it.
+            for pool in {job.pool for job in jobs}:
+                self._tails.pop(pool, None)
             await self._write_volatile(writes.release, self._claims, jobs)
 
     async def get_message(self, message_id: str) -> MessageStatus | None:
@@ -412,6 +532,9 @@ class SqliteStore(Store):
         self, selector: DlqFilter, now: float, interval: float = 0.0
     ) -> dict[str, int]:
         jids = await self._read(reads.dlq_jids, selector)
+        # Replayed jobs are ready ahead of any tail, or scheduled: claims ask the file.
+        self._tails.clear()
+        self._next_at.clear()
         return await self._in_chunks(
             jids,
             lambda start, chunk: self._write(

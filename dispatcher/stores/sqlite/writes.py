@@ -201,11 +201,12 @@ def enqueue(
         if fresh:
             seen.add(m[1])
             kept.add(m[0])
+    given = rows
     if len(kept) < len(rows.messages):
-        kept_rows = rows.keep(kept)
-        rows.taken = kept_rows.taken  # what the store hands over
-        rows = kept_rows
+        rows = rows.keep(kept)
+        given.taken = rows.taken  # what the store hands over
     _hand_over(d, claims, rows, queued)
+    given.jobs = rows.jobs  # and what it keeps for claims
     _insert_messages(db, rows, new=False)
     _many(db, _INSERT_JOB, rows.jobs)
     _many(db, _INSERT_DEDUP, [k[1:] for k in rows.keyed])
@@ -215,7 +216,12 @@ def enqueue(
 
 def _hand_over(d: Delta, claims: ClaimBooks, rows: NewRows, queued: Queued) -> None:
     """Book the jobs `rows.taken` as claimed, or, for a pool that has older jobs queued
-    (which a claim would return first), write them ready after all."""
+    (which a claim would return first), write them ready after all. Pools with nothing
+    queued before this batch go in `rows.opens` with their ready_gen: the store may keep
+    their queue's head in memory from this batch on (SqliteStore._tails)."""
+    for pool in rows.counts:
+        if queued(pool) == 0:
+            rows.opens[pool] = claims.of(pool).ready_gen
     for pool, jids in list(rows.taken.items()):
         if not jids:
             continue
@@ -272,7 +278,10 @@ def claim(
     in one query for all that missed."""
     books = claims.of(pool)
     held = books.held
-    cursor = None if db.execute(_PROMOTE, (pool, now)).rowcount else books.cursor
+    cursor = books.cursor
+    if db.execute(_PROMOTE, (pool, now)).rowcount:
+        cursor = None
+        books.readied()
     rows: list[tuple[Any, ...]] = []
     while len(rows) < limit:
         want = limit - len(rows)
@@ -295,11 +304,14 @@ def claim(
         rows.extend(r for r in seen if r[0] not in held)
         if len(seen) < want:
             break
-    if rows:
-        d[pool] = [-len(rows), len(rows), 0]
     if now < books.future_at:
         cursor = None  # a ready job due after `now` may sit behind it, unseen
-    d.undo.append(books.claimed([r[0] for r in rows], cursor))
+    added, undo = books.claimed([r[0] for r in rows], cursor)
+    d.undo.append(undo)
+    if len(added) < len(rows):  # taken from the store's tail meanwhile
+        rows = [r for r in rows if r[0] in added]
+    if rows:
+        d[pool] = [-len(rows), len(rows), 0]
     next_at = db.execute(_NEXT_AT, (pool,)).fetchone()[0]
     return _with_messages(db, rows, fresh), next_at
 
