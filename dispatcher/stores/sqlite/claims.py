@@ -67,8 +67,8 @@ class Claims:
     ) -> tuple[set[int], Callable[[], None]]:
         with self.lock:
             before = self.cursor
-            added = {jid for jid in add if jid not in self.held}
-            removed = [jid for jid in set(remove) if jid in self.held]
+            added = set(add).difference(self.held)
+            removed = self.held.intersection(remove)
             self.held.update(added)
             self.held.difference_update(removed)
             self.cursor = cursor
