@@ -725,3 +725,51 @@ async def test_a_scheduled_job_due_sends_the_claim_to_the_file(store: SqliteStor
     claim = await store.claim("p", 10, T0 + 6)  # "later" is due: the file promotes it
     assert [j.message.id for j in claim.jobs] == ["later"]
     assert store.commits > commits
+
+
+async def test_a_retry_makes_the_tail_stale(store: SqliteStore) -> None:
+    await store.claim("p", 10, T0)
+    await store.enqueue([new_message("a")])
+    (a,) = (await store.claim("p", 10, T0 + 1)).jobs  # from the tail
+    await store.enqueue([new_message("b")])  # nothing queued: a new tail
+    assert [j.message.id for j in store._tails["p"].jobs] == ["b"]
+    await store.complete([retry(a, T0 + 2, retry_at=T0 + 5)])
+    # As a claim of the file that read the schedule before the retry was written would
+    # leave it: the store's next_at cannot be trusted for the retry.
+    store._next_at["p"] = None
+    # The tail knows nothing of the retry: the claims go to the file, which promotes it.
+    claim = await store.claim("p", 10, T0 + 6)
+    assert [j.message.id for j in claim.jobs] == ["b", "a"]
+
+
+async def test_a_closed_tail_is_dropped_for_a_message_that_sorts_ahead(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_module, "_TAIL_LIMIT", 1)
+    await store.claim("p", 10, T0)
+    await store.enqueue([new_message("a"), new_message("b")])
+    assert not store._tails["p"].open
+    await store.enqueue([new_message("urgent", priority=5)])
+    assert "p" not in store._tails
+    claim = await store.claim("p", 10, T0 + 1)
+    assert [j.message.id for j in claim.jobs] == ["urgent", "a", "b"]
+
+
+async def test_jobs_taken_from_the_tail_come_back_when_the_file_fails_the_rest(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_module, "_TAIL_LIMIT", 1)
+    await store.claim("p", 10, T0)
+    await store.enqueue([new_message("a"), new_message("b")])  # "a" in a closed tail
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        raise StoreError("the disk is full")
+
+    with monkeypatch.context() as m:
+        m.setattr(store, "_write_volatile", failing)
+        with pytest.raises(StoreError):
+            await store.claim("p", 10, T0 + 1)  # "a" from the tail, then the file fails
+    counts = (await store.counts(T0 + 1))["p"]
+    assert (counts.ready, counts.claimed) == (2, 0)
+    claim = await store.claim("p", 10, T0 + 1)
+    assert [j.message.id for j in claim.jobs] == ["a", "b"]

@@ -58,8 +58,9 @@ class Claims:
         self.cursor: Cursor | None = None
         self.future_at = 0.0
         self.lock = lock
-        #: bumped whenever jobs become ready other than by an enqueue (a release, a
-        #: promotion, a replay): the store's tail of the pool's queue is stale then
+        #: bumped whenever jobs become ready, or scheduled, other than by an enqueue (a
+        #: release, a promotion, a replay, a retry): the store's tail of the pool's queue,
+        #: and what it knows of the next scheduled time, are stale then
         self.ready_gen = 0
 
     def _set(
@@ -88,7 +89,7 @@ class Claims:
         meanwhile is not claimed twice) and the undo."""
         return self._set(jids, (), cursor)
 
-    def take(self, jids: Sequence[int]) -> set[int]:
+    def take_from_tail(self, jids: Sequence[int]) -> set[int]:
         """Hold `jids` outside any write (claims from the store's tail); answers those held
         now (one a claim of the file took meanwhile is not taken twice)."""
         with self.lock:
@@ -96,7 +97,7 @@ class Claims:
             self.held |= added
         return added
 
-    def took(self, jids: Sequence[int]) -> Callable[[], None]:
+    def handed(self, jids: Sequence[int]) -> Callable[[], None]:
         """New jobs written claimed (state 1) for the pool's window: held, and never in
         jobs_ready, so the cursor stays where it is."""
         return self._set(jids, (), self.cursor)[1]
@@ -128,6 +129,11 @@ class Claims:
         """Jobs were made ready ahead of the cursor (a replay)."""
         self.readied()
         return self._set((), (), None)[1]
+
+    def give_back(self, jids: Sequence[int]) -> None:
+        """Un-hold jobs taken from the tail that their claim could not hand out."""
+        with self.lock:
+            self.held.difference_update(jids)
 
     def readied(self) -> None:
         """Jobs became ready other than by an enqueue. Never undone: a generation moved in

@@ -55,8 +55,10 @@ class _Tail:
 
     Open while it holds every ready job of the pool (enqueues append); closed at
     _TAIL_LIMIT jobs (what follows is in the file only: claims read it once the tail is
-    empty). Stale, and dropped, once jobs became ready ahead of it (the pool's ready_gen
-    moved: a release, a promotion, a replay) or a claim of the file may have taken some."""
+    empty). Stale, and dropped, once jobs became ready or scheduled other than by an
+    enqueue (the pool's ready_gen moved: a release, a promotion, a replay, a retry: the
+    tail then knows neither their place nor when they are due), once a job sorts apart
+    from it, or once a claim of the file may have taken some."""
 
     __slots__ = ("gen", "jobs", "open", "priority")
 
@@ -81,7 +83,9 @@ class SqliteStore(Store):
         self._writer = Writer(self.synchronous, self._on_commit)
         self._reader: concurrent.futures.ThreadPoolExecutor | None = None
         self._closed: asyncio.Future[None] | None = None
-        # Owned by the writer thread, except that the reader snapshots _counters under _lock.
+        # Mids are numbered on the loop (_enqueue). The counters are changed under _lock, by
+        # the writer as it commits and by the loop as it claims from a tail; the reader
+        # snapshots them.
         self._next_mid = 0
         self._counters: dict[str, list[int]] = {}
         self._lock = threading.Lock()
@@ -347,11 +351,22 @@ class SqliteStore(Store):
             n = offered[pool] = to.offer(len(batch)) if to is not None else 0
             return n
 
-        rows = NewRows(batch, self._next_mid, room if handoffs else None, self._fresh, _FRESH_LIMIT)
-        self._next_mid += len(batch)
-        future = self._submit(
-            lambda db, d: writes.enqueue(db, d, self._claims, rows, self._w_queued, each)
-        )
+        first_mid = self._next_mid + 1
+        try:
+            rows = NewRows(
+                batch, self._next_mid, room if handoffs else None, self._fresh, _FRESH_LIMIT
+            )
+            self._next_mid += len(batch)
+            future = self._submit(
+                lambda db, d: writes.enqueue(db, d, self._claims, rows, self._w_queued, each)
+            )
+        except BaseException:
+            # Nothing was queued: every offer is answered, and nothing kept for a claim.
+            for pool, n in offered.items():
+                handoffs[pool].receive([], n)
+            for mid in range(first_mid, first_mid + len(batch)):
+                self._fresh.pop(mid, None)
+            raise
         # Callbacks, not code after the await: they must run even if the caller is
         # cancelled meanwhile (handed jobs are claimed once committed).
         future.add_done_callback(lambda f: self._forget_unwritten(f, rows.first_mid, len(batch)))
@@ -382,19 +397,25 @@ class SqliteStore(Store):
                     next_at[pool] = available_at if at is None else min(at, available_at)
                 continue
             tail = tails.get(pool)
-            if tail is None or not tail.open:
+            if tail is None:
                 continue
-            if len(tail.jobs) >= _TAIL_LIMIT:
+            queue = tail.jobs
+            if (tail.priority is not None and priority != tail.priority) or (
+                queue and available_at < queue[-1].enqueued_at
+            ):
+                # It sorts apart from the tail (another priority; or earlier: the clock
+                # stepped back), open or closed: let the file order them.
+                del tails[pool]
+                continue
+            if not tail.open:
+                continue
+            if len(queue) >= _TAIL_LIMIT:
                 tail.open = False
                 continue
-            if tail.priority is None:
-                tail.priority = priority
-            elif priority != tail.priority:
-                del tails[pool]  # it sorts apart from the tail: let the file order them
-                continue
+            tail.priority = priority
             m = batch[mid - first].message
             fresh.pop(mid, None)  # the tail holds it now
-            tail.jobs.append(Job(jid, pool, m, 0, available_at))
+            queue.append(Job(jid, pool, m, 0, available_at))
 
     def _forget_unwritten(
         self, done: asyncio.Future[list[bool | IdConflict]], first_mid: int, n: int
@@ -452,6 +473,10 @@ class SqliteStore(Store):
             rows, next_at = await self._write_volatile(
                 writes.claim, self._claims, self._fresh, pool, limit - len(jobs), now
             )
+        except BaseException:
+            if jobs:  # taken from the tail, never to be handed out: ready again
+                self._give_back(pool, jobs)
+            raise
         finally:
             self._tails.pop(pool, None)  # one begun meanwhile may hold some of them
         self._next_at[pool] = next_at
@@ -460,6 +485,13 @@ class SqliteStore(Store):
             for jid, attempts, at, m in rows
         ]
         return Claim(jobs, next_at)
+
+    def _give_back(self, pool: str, jobs: list[Job]) -> None:
+        self._claims[pool].give_back([job.key for job in jobs])
+        with self._lock:
+            c = self._counters[pool]
+            c[0] += len(jobs)
+            c[1] -= len(jobs)
 
     def _claim_tail(
         self, pool: str, tail: _Tail, limit: int, now: float
@@ -482,7 +514,7 @@ class SqliteStore(Store):
             some: list[Job] = []
             while queue and len(got) + len(some) < limit and queue[0].enqueued_at <= now:
                 some.append(queue.popleft())
-            held = books.take([job.key for job in some])
+            held = books.take_from_tail([job.key for job in some])
             got += some if len(held) == len(some) else [j for j in some if j.key in held]
         if got:
             with self._lock:

@@ -196,9 +196,9 @@ def enqueue(
         if conflict is not None:
             out.append(conflict)
             continue
-        fresh = m[1] not in seen
-        out.append(fresh)
-        if fresh:
+        is_new = m[1] not in seen
+        out.append(is_new)
+        if is_new:
             seen.add(m[1])
             kept.add(m[0])
     given = rows
@@ -228,15 +228,15 @@ def _hand_over(d: Delta, claims: ClaimBooks, rows: NewRows, queued: Queued) -> N
         if queued(pool) > 0:
             rows.untake(pool)
         else:
-            d.undo.append(claims.of(pool).took(jids))
+            d.undo.append(claims.of(pool).handed(jids))
 
 
 def _arrived(d: Delta, claims: ClaimBooks, rows: NewRows) -> None:
     taken = rows.taken
     for pool, n in rows.counts.items():
-        held = len(taken.get(pool, ()))
-        d[pool] = [n - held, held, 0]
-        if rows.first_ready is not None and held < n:
+        handed = len(taken.get(pool, ()))
+        d[pool] = [n - handed, handed, 0]
+        if rows.first_ready is not None and handed < n:
             d.undo.append(claims.of(pool).arrived(*rows.first_ready))
 
 
@@ -300,7 +300,8 @@ def claim(
             break
         last = seen[-1]
         cursor = (last[3], last[2], last[0])
-        # Held jobs are skipped; they sit in the range only after a rewind.
+        # Held jobs are skipped: after a rewind, and jobs claimed from the store's tail
+        # (they stay 0 in the file) until their outcomes are written.
         rows.extend(r for r in seen if r[0] not in held)
         if len(seen) < want:
             break
@@ -362,6 +363,7 @@ def complete(
         delta[1] -= n
         if fate == SCHEDULED:
             delta[0] += n
+            books.readied()  # a scheduled job the store's tail does not know the time of
         elif fate == DEAD:
             delta[2] += n
 
