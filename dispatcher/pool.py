@@ -295,16 +295,14 @@ class Pool:
         self._promised -= offered
         if not jobs:
             return
-        if self.paused or self._stopping:
-            # Paused or stopping since the offer: these are not ours to start. Stopping
-            # hands the window back itself (abort); a pause needs it done here.
-            self._window.extend(jobs)
-            if self.paused and not self._stopping:
-                task = asyncio.create_task(self._release_window())
-                self._releases.add(task)
-                task.add_done_callback(self._releases.discard)
-            return
         self._window.extend(jobs)
+        if self._stopping:
+            return  # stopping hands the window back itself (abort)
+        if self.paused:  # paused since the offer: these are not ours to start
+            task = asyncio.create_task(self._release_window())
+            self._releases.add(task)
+            task.add_done_callback(self._releases.discard)
+            return
         self._wake.set()
 
     # --- feeder --------------------------------------------------------------------------

@@ -361,31 +361,57 @@ class SqliteStore(Store):
                 lambda db, d: writes.enqueue(db, d, self._claims, rows, self._w_queued, each)
             )
         except BaseException:
-            # Nothing was queued: every offer is answered, and nothing kept for a claim.
-            for pool, n in offered.items():
-                handoffs[pool].receive([], n)
-            for mid in range(first_mid, first_mid + len(batch)):
-                self._fresh.pop(mid, None)
+            self._settle_enqueue(None, batch, first_mid, None, offered)
             raise
-        # Callbacks, not code after the await: they must run even if the caller is
-        # cancelled meanwhile (handed jobs are claimed once committed).
-        future.add_done_callback(lambda f: self._forget_unwritten(f, rows.first_mid, len(batch)))
-        if offered:
-            future.add_done_callback(lambda f: self._hand_over(f, batch, rows, offered))
-        future.add_done_callback(lambda f: self._keep_ready(f, batch, rows))
+        # A callback, not code after the await: it must run even if the caller is cancelled
+        # meanwhile (handed jobs are claimed once committed), and callbacks run in commit
+        # order, which the tails rely on.
+        future.add_done_callback(
+            lambda f: self._settle_enqueue(
+                None if f.cancelled() or f.exception() is not None else f.result(),
+                batch,
+                first_mid,
+                rows,
+                offered,
+            )
+        )
         return await asyncio.shield(future)
 
-    def _keep_ready(
+    def _settle_enqueue(
         self,
-        done: asyncio.Future[list[bool | IdConflict]],
+        answers: list[bool | IdConflict] | None,
         batch: Sequence[NewMessage],
-        rows: NewRows,
+        first_mid: int,
+        rows: NewRows | None,
+        offered: dict[str, int],
     ) -> None:
-        """After an enqueue committed (callbacks run in commit order): its ready jobs join
-        their pool's tail, in claim order; a pool that had nothing queued before it starts
-        a tail; a scheduled job may bring the pool's next_at forward."""
-        if done.cancelled() or done.exception() is not None:
+        """After an enqueue is answered (`answers` None: nothing written): every offer of
+        room is answered with the jobs handed over, the messages no claim will come for
+        leave `_fresh`, and the new ready jobs join their pool's tail."""
+        fresh = self._fresh
+        if answers is None or rows is None:
+            for pool, n in offered.items():
+                self._handoffs[pool].receive([], n)
+            for mid in range(first_mid, first_mid + len(batch)):
+                fresh.pop(mid, None)
             return
+        for index, answer in enumerate(answers):
+            if answer is not True:  # a duplicate or a conflict: not written
+                fresh.pop(first_mid + index, None)
+        for pool, n in offered.items():
+            jobs: list[Job] = []
+            for jid in rows.taken.get(pool, ()):
+                mid = jid // FANOUT_LIMIT
+                fresh.pop(mid, None)  # handed over: no claim will come
+                m = batch[mid - first_mid].message
+                jobs.append(Job(jid, pool, m, 0, m.created_at))
+            self._handoffs[pool].receive(jobs, n)
+        self._keep_ready(batch, rows)
+
+    def _keep_ready(self, batch: Sequence[NewMessage], rows: NewRows) -> None:
+        """The committed batch's ready jobs join their pool's tail, in claim order; a pool
+        that had nothing queued before it starts a tail; a scheduled job may bring the
+        pool's next_at forward (the tail's claims must then ask the file)."""
         tails, fresh, next_at = self._tails, self._fresh, self._next_at
         for pool, gen in rows.opens.items():
             tails[pool] = _Tail(gen)  # a tail left over holds only jobs claimed since
@@ -416,40 +442,6 @@ class SqliteStore(Store):
             m = batch[mid - first].message
             fresh.pop(mid, None)  # the tail holds it now
             queue.append(Job(jid, pool, m, 0, available_at))
-
-    def _forget_unwritten(
-        self, done: asyncio.Future[list[bool | IdConflict]], first_mid: int, n: int
-    ) -> None:
-        """Take the messages an enqueue did not write out of `_fresh` (all of them if it
-        failed, else the duplicates and conflicts): no claim will come for them."""
-        fresh = self._fresh
-        if done.cancelled() or done.exception() is not None:
-            for mid in range(first_mid, first_mid + n):
-                fresh.pop(mid, None)
-            return
-        for index, answer in enumerate(done.result()):
-            if answer is not True:
-                fresh.pop(first_mid + index, None)
-
-    def _hand_over(
-        self,
-        done: asyncio.Future[list[bool | IdConflict]],
-        batch: Sequence[NewMessage],
-        rows: NewRows,
-        offered: dict[str, int],
-    ) -> None:
-        """Give each pool that offered room the jobs committed claimed for it."""
-        committed = not done.cancelled() and done.exception() is None
-        fresh = self._fresh
-        for pool, n in offered.items():
-            jobs: list[Job] = []
-            if committed:
-                first = rows.first_mid
-                for jid in rows.taken.get(pool, ()):
-                    fresh.pop(jid // FANOUT_LIMIT, None)  # handed over: no claim will come
-                    m = batch[jid // FANOUT_LIMIT - first].message
-                    jobs.append(Job(jid, pool, m, 0, m.created_at))
-            self._handoffs[pool].receive(jobs, n)
 
     def hand_off(self, pool: str, to: Handoff) -> None:
         self._handoffs[pool] = to
@@ -529,11 +521,8 @@ class SqliteStore(Store):
     async def complete(self, completions: Sequence[Completion]) -> None:
         self._check()
         if completions:
-            next_at = self._next_at
-            for c in completions:
-                if c.retry_at is not None and c.job.pool in next_at:
-                    at = next_at[c.job.pool]
-                    next_at[c.job.pool] = c.retry_at if at is None else min(at, c.retry_at)
+            # A retry needs nothing here: writing it moves the pool's ready_gen, so no tail
+            # answers a claim until the file has (and its next_at) again.
             # The rows are built here, on the event loop, so the writer thread (the
             # bottleneck under load) only executes them.
             await self._write(writes.complete, self._claims, outcome_rows(completions))

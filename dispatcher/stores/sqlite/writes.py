@@ -220,15 +220,14 @@ def _hand_over(d: Delta, claims: ClaimBooks, rows: NewRows, queued: Queued) -> N
     queued before this batch go in `rows.opens` with their ready_gen: the store may keep
     their queue's head in memory from this batch on (SqliteStore._tails)."""
     for pool in rows.counts:
-        if queued(pool) == 0:
+        idle = queued(pool) == 0
+        if idle:
             rows.opens[pool] = claims.of(pool).ready_gen
-    for pool, jids in list(rows.taken.items()):
-        if not jids:
-            continue
-        if queued(pool) > 0:
-            rows.untake(pool)
-        else:
+        jids = rows.taken.get(pool)
+        if jids and idle:
             d.undo.append(claims.of(pool).handed(jids))
+        elif jids:
+            rows.untake(pool)
 
 
 def _arrived(d: Delta, claims: ClaimBooks, rows: NewRows) -> None:
