@@ -196,7 +196,7 @@ def configure_sdk(env: Mapping[str, str]) -> Callable[[], None] | None:
     try:
         sdk_trace = importlib.import_module("opentelemetry.sdk.trace")
         export = importlib.import_module("opentelemetry.sdk.trace.export")
-        otlp = importlib.import_module("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+        otlp = importlib.import_module("dispatcher.observe.otlp")  # imports the exporter
     except ImportError:
         logging.getLogger("dispatcher.tracing").warning(
             "OTEL_* tracing is configured but the `otel` extra is not installed: "
@@ -204,7 +204,7 @@ def configure_sdk(env: Mapping[str, str]) -> Callable[[], None] | None:
         )
         return None
     provider = sdk_trace.TracerProvider()  # resource and sampler from OTEL_* variables
-    provider.add_span_processor(export.BatchSpanProcessor(otlp.OTLPSpanExporter()))
+    provider.add_span_processor(export.BatchSpanProcessor(otlp.exporter()))
     trace.set_tracer_provider(provider)
     shutdown: Callable[[], None] = provider.shutdown
     return shutdown
