@@ -182,20 +182,58 @@ async def test_the_exporter_sends_our_encoding_with_the_sdks_settings(
     assert len(receiver.requests) == 3
 
 
-def test_equal_scopes_share_one_group_and_the_encoder_stays_bounded() -> None:
-    # A handler asking for a tracer per message makes a new, equal scope object each time.
+def test_scopes_and_resources_kept_between_batches_stay_bounded() -> None:
     provider, memory = _provider()
     encoder = otlp.Encoder()
     for n in range(3 * otlp._KEPT):
-        with provider.get_tracer("handler", "1").start_as_current_span(f"s{n}"):
-            pass
         with provider.get_tracer(f"scope-{n}").start_as_current_span("t"):
             pass
-        spans = list(memory.get_finished_spans())[-2:]
-        assert _decoded(spans, encoder) == encode_spans(spans)
-        assert len(encoder._scopes) <= otlp._KEPT + 3  # cleared between batches
+        (span,) = memory.get_finished_spans()[-1:]
+        assert _decoded([span], encoder) == encode_spans([span])
+        assert len(encoder._scopes) <= otlp._KEPT + 1  # cleared between batches
     spans = list(memory.get_finished_spans())
     decoded = _decoded(spans, encoder)
     assert decoded == encode_spans(spans)
-    assert len(decoded.resource_spans[0].scope_spans) == 1 + 3 * otlp._KEPT
-    assert len(encoder._resources) == 1
+    assert len(decoded.resource_spans[0].scope_spans) == 3 * otlp._KEPT
+
+
+def test_scopes_that_compare_equal_but_encode_differently_stay_apart() -> None:
+    # {"x": 1} == {"x": True}: the scope of one provider must not stand for the other's.
+    encoder = otlp.Encoder()
+    for flag in (1, True, 1):
+        provider, memory = _provider()
+        with provider.get_tracer("t", attributes={"x": flag}).start_as_current_span("s"):
+            pass
+        spans = list(memory.get_finished_spans())
+        assert _decoded(spans, encoder) == encode_spans(spans)
+        (scope_spans,) = _decoded(spans, encoder).resource_spans[0].scope_spans
+        (x,) = scope_spans.scope.attributes
+        assert x.value.WhichOneof("value") == ("bool_value" if flag is True else "int_value")
+
+
+def test_what_the_sdk_would_refuse_or_lose_a_batch_for() -> None:
+    provider, memory = _provider()
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("s", attributes={"big": 2**63, "ok": -(2**63)}) as span:
+        span.set_status(Status(StatusCode.ERROR, "bad text: \ud800"))  # from an exception
+    link = Link(SpanContext(1, 2, is_remote=None))  # type: ignore[arg-type]
+    tracer.start_span("linked", links=[link]).end()
+    spans = list(memory.get_finished_spans())
+    (first, linked) = _decoded(spans).resource_spans[0].scope_spans[0].spans
+    assert [(a.key, a.value.int_value) for a in first.attributes] == [("ok", -(2**63))]
+    assert first.status.message == "bad text: ?"  # the SDK's encoder fails the whole batch
+    assert linked.links[0].flags == 0x100
+
+
+def test_long_values_are_not_kept() -> None:
+    # A stack trace in every exception event must not stay in memory after its batch.
+    provider, memory = _provider()
+    encoder = otlp.Encoder()
+    for n in range(10):
+        with provider.get_tracer("t").start_as_current_span("s") as span:
+            span.add_event("exception", {"exception.stacktrace": f"{n}" * 20_000, "n": n})
+    spans = list(memory.get_finished_spans())
+    assert _decoded(spans, encoder) == encode_spans(spans)
+    kept = [key for _, key, _, _ in encoder._attributes]
+    assert "exception.stacktrace" not in kept
+    assert kept.count("n") == 10

@@ -3,21 +3,25 @@
 The SDK's OTLP exporter builds a protobuf object for every span, attribute and value before
 it serialises the request: about 31 µs of CPU a span with six attributes (13 µs with none),
 on the exporter's thread, holding the GIL the event loop needs. Under traced ingest that
-thread took 93 µs of every request. `encode_spans` writes the same
-`ExportTraceServiceRequest` straight to bytes, with the encoding of what repeats (attribute
-keys, resource, scope, span names, attributes with the same value) kept; the tests parse its
-output with the official protobuf classes and compare it with the SDK's own encoding.
+thread took 93 µs of every request. `Encoder.encode` writes the same
+`ExportTraceServiceRequest` straight to bytes, keeping the encoding of what repeats (short
+attribute values, span names, resources and scopes); the tests parse its output with the
+official protobuf classes and compare it with the SDK's own encoding.
 
 `exporter()` answers the SDK's OTLP/HTTP exporter (endpoint, headers, TLS, compression and
 retries from the OTEL_* variables, all its own) with only the encoding replaced: it hands our
 bytes to the exporter's HTTP client (`_client.export`, opentelemetry-exporter-otlp-proto-http
 1.45), and answers the SDK's exporter unchanged where a release has no such client. Left out
 with the SDK's encoding: its opt-in metrics about itself and its 64 MiB request cap (a batch
-of 512 of our spans is ~150 KB).
+of 512 of our spans is ~150 KB). Where the SDK's encoding would fail a whole batch (a name
+or a status description with a lone surrogate, from an exception's text), the text goes out
+with "?" in its place.
 
 Wire format (opentelemetry-proto, trace/v1 and common/v1): field numbers as in the comments
-of each function; proto3, so zero scalars and empty strings are left out, and fields may come
-in any order.
+of each function. Optional zero scalars and empty strings are left out, as the SDK's
+encoder does; a span's name and times always go in (readers take either). Resources and
+scopes are grouped by identity (the SDK groups equal ones): a provider has one resource and
+one scope per tracer, and equal ones from two providers would make two valid entries.
 """
 
 from __future__ import annotations
@@ -49,8 +53,11 @@ _LINK_FLAGS = {  # Link.flags (field 6, fixed32)
     False: b"\x35" + struct.pack("<I", _HAS_IS_REMOTE),
     True: b"\x35" + struct.pack("<I", _HAS_IS_REMOTE | _IS_REMOTE),
 }
-#: encoded attributes and span names kept for reuse; cleared when full (ids would fill it)
+#: encoded attributes kept for reuse, cleared when full (ids fill it); values up to _SHORT
+#: characters only, so that no stack trace is kept
 _CACHE_SIZE = 4096
+_SHORT = 128
+_INT64 = range(-(2**63), 2**63)
 #: resources and scopes kept from batch to batch; cleared between batches beyond this
 _KEPT = 64
 
@@ -82,7 +89,9 @@ def _value(value: object) -> bytes:
     if isinstance(value, bool):
         return b"\x10\x01" if value else b"\x10\x00"
     if isinstance(value, int):
-        return b"\x18" + _varint(value & 0xFFFFFFFFFFFFFFFF)  # int64: two's complement
+        if value not in _INT64:  # the SDK's encoder refuses it too
+            raise ValueError(f"{value} is out of the range of an int64")
+        return b"\x18" + _varint(value & 0xFFFFFFFFFFFFFFFF)  # two's complement
     if isinstance(value, float):
         return b"\x21" + _DOUBLE.pack(value)
     if isinstance(value, bytes):
@@ -97,76 +106,86 @@ def _value(value: object) -> bytes:
     raise TypeError(f"invalid attribute type {type(value).__name__}")
 
 
+def _utf8(text: str) -> bytes:
+    """`text` in UTF-8; a lone surrogate (from an exception's text) becomes "?"."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return text.encode(errors="replace")
+
+
 def _key_value(key: str, value: object) -> bytes:
     """A KeyValue: key 1, value 2."""
     return _field(b"\x0a", key.encode()) + _field(b"\x12", _value(value))
 
 
 class Encoder:
-    """Encodes batches of finished spans; keeps what repeats from batch to batch. One per
-    exporter (the batch processor calls export from one thread at a time)."""
+    """Encodes batches of finished spans, keeping what repeats from batch to batch. Safe to
+    share between threads (a simple span processor exports from the thread that ends a span):
+    a batch reads back nothing another may clear."""
 
     def __init__(self) -> None:
         self._attributes: dict[tuple[bytes, str, type, object], bytes] = {}
         self._names: dict[str, bytes] = {}
-        # Resources by identity, holding the object so its id stays its own: a provider has
-        # one, and its hash is a JSON dump (the SDK's encoder pays it for every span).
-        # Scopes by value, as the SDK groups them (their hash is cheap): a handler that asks
-        # for a tracer per message makes a new, equal scope each time.
+        # By identity, holding each object so that its id stays its own: the SDK's encoder
+        # hashes the resource (a JSON dump) for every span, and equal scopes may hold
+        # attributes that compare equal and encode differently (1 and True).
         self._resources: dict[int, tuple[Resource, bytes]] = {}
-        self._scopes: dict[InstrumentationScope | None, bytes] = {}
+        self._scopes: dict[int, tuple[InstrumentationScope | None, bytes]] = {}
 
     def encode(self, spans: Sequence[ReadableSpan]) -> bytes:
         """An ExportTraceServiceRequest (resource_spans 1) of `spans`, grouped by resource,
         then by instrumentation scope, each in the order first seen."""
         if len(self._resources) > _KEPT or len(self._scopes) > _KEPT:
-            self._resources.clear()
-            self._scopes.clear()
-        groups: dict[int, dict[InstrumentationScope | None, list[bytes]]] = {}
+            self._resources = {}
+            self._scopes = {}
+        # resource id -> (its head, scope id -> (its head, schema_url, encoded spans))
+        groups: dict[int, tuple[bytes, dict[int, tuple[bytes, str | None, list[bytes]]]]] = {}
         for span in spans:
             resource, scope = span.resource, span.instrumentation_scope or None
-            by_scope = groups.get(id(resource))
-            if by_scope is None:
-                by_scope = groups[id(resource)] = {}
-                self._resource(resource)
-            encoded = by_scope.get(scope)
-            if encoded is None:
-                encoded = by_scope[scope] = []
-                self._scope(scope)
-            encoded.append(self._span(span))
+            group = groups.get(id(resource))
+            if group is None:
+                group = groups[id(resource)] = (self._resource(resource), {})
+            in_scope = group[1].get(id(scope))
+            if in_scope is None:
+                schema_url = scope.schema_url if scope is not None else None
+                in_scope = group[1][id(scope)] = (self._scope(scope), schema_url, [])
+            in_scope[2].append(self._span(span))
         out = []
-        for resource_id, by_scope in groups.items():
-            scope_spans = []
-            for scope, encoded in by_scope.items():
+        for resource_head, scopes in groups.values():
+            body = [resource_head]
+            for scope_head, schema_url, encoded in scopes.values():
                 # ScopeSpans: scope 1, spans 2, schema_url 3
-                body = self._scopes[scope] + b"".join([_field(b"\x12", span) for span in encoded])
-                if scope is not None and scope.schema_url:
-                    body += _field(b"\x1a", scope.schema_url.encode())
-                scope_spans.append(_field(b"\x12", body))
-            # ResourceSpans: resource 1, scope_spans 2, schema_url 3
-            resource, head = self._resources[resource_id]
-            body = head + b"".join(scope_spans)
-            if resource.schema_url:
-                body += _field(b"\x1a", resource.schema_url.encode())
-            out.append(_field(b"\x0a", body))
+                scope_spans = scope_head + b"".join([_field(b"\x12", span) for span in encoded])
+                if schema_url:
+                    scope_spans += _field(b"\x1a", _utf8(schema_url))
+                body.append(_field(b"\x12", scope_spans))
+            out.append(_field(b"\x0a", b"".join(body)))
         return b"".join(out)
 
-    def _resource(self, resource: Resource) -> None:
-        if id(resource) not in self._resources:
-            body = self._attributes_of(resource.attributes, b"\x0a")  # Resource: attributes 1
-            self._resources[id(resource)] = (resource, _field(b"\x0a", body))
+    def _resource(self, resource: Resource) -> bytes:
+        """ResourceSpans' resource (1) and schema_url (3); Resource: attributes 1."""
+        kept = self._resources.get(id(resource))
+        if kept is None:
+            head = _field(b"\x0a", self._attributes_of(resource.attributes, b"\x0a"))
+            if resource.schema_url:
+                head += _field(b"\x1a", _utf8(resource.schema_url))
+            kept = self._resources[id(resource)] = (resource, head)
+        return kept[1]
 
-    def _scope(self, scope: InstrumentationScope | None) -> None:
-        if scope in self._scopes:
-            return
-        body = b""  # InstrumentationScope: name 1, version 2, attributes 3
-        if scope is not None:
-            if scope.name:
-                body += _field(b"\x0a", scope.name.encode())
-            if scope.version:
-                body += _field(b"\x12", scope.version.encode())
-            body += self._attributes_of(scope.attributes, b"\x1a")
-        self._scopes[scope] = _field(b"\x0a", body)
+    def _scope(self, scope: InstrumentationScope | None) -> bytes:
+        """ScopeSpans' scope (1); InstrumentationScope: name 1, version 2, attributes 3."""
+        kept = self._scopes.get(id(scope))
+        if kept is None:
+            body = b""
+            if scope is not None:
+                if scope.name:
+                    body += _field(b"\x0a", _utf8(scope.name))
+                if scope.version:
+                    body += _field(b"\x12", _utf8(scope.version))
+                body += self._attributes_of(scope.attributes, b"\x1a")
+            kept = self._scopes[id(scope)] = (scope, _field(b"\x0a", body))
+        return kept[1]
 
     def _span(self, span: ReadableSpan) -> bytes:
         """A Span: trace_id 1, span_id 2, trace_state 3, parent_span_id 4, name 5, kind 6,
@@ -182,15 +201,16 @@ class Encoder:
         ]
         if context.trace_state:
             state = ",".join(f"{key}={value}" for key, value in context.trace_state.items())
-            parts.append(_field(b"\x1a", state.encode()))
+            parts.append(_field(b"\x1a", _utf8(state)))
         parent = span.parent
         if parent is not None:
             parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
         name = self._names.get(span.name)
         if name is None:
-            name = _field(b"\x2a", span.name.encode())
-            if len(self._names) < _CACHE_SIZE:
-                self._names[span.name] = name
+            name = _field(b"\x2a", _utf8(span.name))
+            if len(self._names) >= _CACHE_SIZE:
+                self._names = {}
+            self._names[span.name] = name
         parts += (
             name,
             b"\x30",
@@ -206,7 +226,7 @@ class Encoder:
         if span.dropped_attributes:
             parts += (b"\x50", _varint(span.dropped_attributes))
         for event in span.events:  # Event: time 1, name 2, attributes 3, dropped 4
-            body = b"\x09" + _FIXED64.pack(event.timestamp) + _field(b"\x12", event.name.encode())
+            body = b"\x09" + _FIXED64.pack(event.timestamp) + _field(b"\x12", _utf8(event.name))
             body += self._attributes_of(event.attributes, b"\x1a")
             if event.dropped_attributes:
                 body += b"\x20" + _varint(event.dropped_attributes)
@@ -218,7 +238,7 @@ class Encoder:
         if span.dropped_links:
             parts += (b"\x70", _varint(span.dropped_links))
         status = span.status  # Status: message 2, code 3
-        body = _field(b"\x12", status.description.encode()) if status.description else b""
+        body = _field(b"\x12", _utf8(status.description)) if status.description else b""
         if status.status_code.value:
             body += b"\x18" + _SMALL[status.status_code.value]
         parts.append(_field(b"\x7a", body))
@@ -238,7 +258,7 @@ class Encoder:
         )
         if link.dropped_attributes:
             body += b"\x28" + _varint(link.dropped_attributes)
-        return body + _LINK_FLAGS[context.is_remote]
+        return body + _LINK_FLAGS[bool(context.is_remote)]
 
     def _attributes_of(self, attributes: Mapping[str, Any] | None, tag: bytes) -> bytes:
         """Each attribute as a KeyValue field `tag`; one that cannot be encoded is left
@@ -248,18 +268,20 @@ class Encoder:
         cache = self._attributes
         out = []
         for key, value in attributes.items():
-            # str and int (bool included, told apart by the type) only: 0.0 == -0.0
-            cached = (tag, key, type(value), value) if isinstance(value, str | int) else None
+            # Short strs and ints (bools told apart by the type) only: 0.0 == -0.0
+            cached = None
+            if (type(value) is str and len(value) <= _SHORT) or isinstance(value, int):
+                cached = (tag, key, type(value), value)
             encoded = cache.get(cached) if cached is not None else None
             if encoded is None:
                 try:
                     encoded = _field(tag, _key_value(key, value))
-                except (TypeError, UnicodeEncodeError) as exc:
+                except (TypeError, ValueError) as exc:  # UnicodeEncodeError is one
                     _logger.warning("span attribute %s left out of the export: %s", key, exc)
                     continue
                 if cached is not None:
                     if len(cache) >= _CACHE_SIZE:
-                        cache.clear()
+                        cache = self._attributes = {}
                     cache[cached] = encoded
             out.append(encoded)
         return b"".join(out)
@@ -275,6 +297,7 @@ class FastExporter(SpanExporter):
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._shutdown:
+            _logger.warning("the exporter is shut down: %d spans dropped", len(spans))
             return SpanExportResult.FAILURE
         try:
             data = self._encoder.encode(spans)
@@ -285,8 +308,9 @@ class FastExporter(SpanExporter):
         return SpanExportResult.SUCCESS if sent.success else SpanExportResult.FAILURE
 
     def shutdown(self) -> None:
-        self._shutdown = True
-        self._sdk.shutdown()
+        if not self._shutdown:
+            self._shutdown = True
+            self._sdk.shutdown()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         flushed: bool = self._sdk.force_flush(timeout_millis)
