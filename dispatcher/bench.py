@@ -5,11 +5,13 @@ Four figures, through the real HTTP app on loopback:
 - ingest, single messages: 64 keep-alive clients POST /v1/messages, each message with an
   id of its own (the usual advice for idempotency), the pool paused so only ingest runs;
 - ingest, batches: POST /v1/messages/batch, 1,000 messages a batch, 4 in flight;
-- end to end: batches in, delivered to a no-op sink (messages/s from the first POST to the
-  last delivery, concurrency 64);
 - latency: single messages offered at a steady rate; from the moment the dispatcher
   received one (its commit's wait included) to the moment its delivery started: p50,
-  p99, p99.9.
+  p99, p99.9. Before the end-to-end burst, not after it: in the seconds after, SQLite
+  checkpoints the burst's writes and the outcomes of its last deliveries are written, and
+  that (a p99 of 10 ms against 0.9 here) is the burst's aftermath, not a 1,000/s load's;
+- end to end: batches in, delivered to a no-op sink (messages/s from the first POST to the
+  last delivery, concurrency 64).
 
 The load comes from a child process (`python -m dispatcher.bench`), as producers would, so
 its work is not the server's; on a small machine it still shares the cores, and the
@@ -122,10 +124,10 @@ async def _run(directory: str, seconds: float, out: Any) -> dict[str, float]:
         batch = await _load(url, "batch", 4.0 * share)
         figures["ingest_batch_per_s"] = 1000 * batch["requests"] / batch["seconds"]
         _line(out, "ingest, batches of 1,000 (4 in flight)", batch, "messages/s", 1000)
-        rate = figures["ingest_batch_per_s"]
-        figures["end_to_end_per_s"] = await _end_to_end(url, probe, rate, 5.0 * share, out)
         singles = runner.app[SINGLES]
         figures.update(await _latency(singles, probe, 4.0 * share, out))
+        rate = figures["ingest_batch_per_s"]
+        figures["end_to_end_per_s"] = await _end_to_end(url, probe, rate, 5.0 * share, out)
     finally:
         await runner.cleanup()
     return figures
