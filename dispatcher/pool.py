@@ -271,9 +271,15 @@ class Pool:
         if at is None or at <= self._clock():
             self._generation += 1
             self._maybe_ready = True
+            if len(self._window) > self._low_water:
+                # Nothing for the feeder to do yet: the worker that takes the window down
+                # to low water wakes it (it reads _maybe_ready). Every commit notifies, and
+                # a wasted wake costs the loop a timer and a turn of the feed loop.
+                return
         elif self._next_at is None or at < self._next_at:
-            self._next_at = at
-        self._feed.set()
+            self._next_at = at  # the feeder's sleep may be too long now: wake it
+        if not self.paused:  # resuming notifies
+            self._feed.set()
 
     # --- handoff: new jobs straight into the window (stores.base.Handoff) ------------------
     def offer(self, most: int) -> int:
