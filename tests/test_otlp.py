@@ -5,6 +5,7 @@ to a real OTLP/HTTP receiver with the SDK's OTEL_* settings (endpoint, headers, 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
-from dispatcher.observe import otlp
+from dispatcher.observe import otlp, tracing
 
 REMOTE = SpanContext(
     0x4BF92F3577B34DA6A3CE929D0E0E4736,
@@ -123,7 +124,7 @@ def test_an_attribute_the_sdk_would_refuse_is_left_out_not_the_batch() -> None:
     with provider.get_tracer("t").start_as_current_span("a", attributes={"ok": 1}):
         pass
     (span,) = memory.get_finished_spans()
-    span._attributes = {"ok": 1, "bad": object()}  # type: ignore[attr-defined]
+    span._attributes = {"ok": 1, "bad": object()}  # type: ignore[dict-item]
     (decoded,) = _decoded([span]).resource_spans[0].scope_spans[0].spans
     assert [a.key for a in decoded.attributes] == ["ok"]
 
@@ -237,3 +238,56 @@ def test_long_values_are_not_kept() -> None:
     kept = [key for _, key, _, _ in encoder._attributes]
     assert "exception.stacktrace" not in kept
     assert kept.count("n") == 10
+
+
+ENDPOINT = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}
+
+
+@pytest.mark.parametrize(
+    ("env", "installed", "warning"),
+    [
+        ({}, False, None),
+        ({**ENDPOINT, "OTEL_SDK_DISABLED": "TRUE"}, False, None),
+        ({"OTEL_TRACES_EXPORTER": "none", **ENDPOINT}, False, None),
+        ({"OTEL_TRACES_EXPORTER": "console"}, False, "OTLP only; traces stay off"),
+        ({"OTEL_TRACES_EXPORTER": "otlp, console", **ENDPOINT}, True, "OTLP only"),
+        ({"OTEL_TRACES_EXPORTER": "otlp"}, True, None),  # the SDK's default endpoint
+        ({**ENDPOINT, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, True, "over HTTP"),
+        ({**ENDPOINT, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/json"}, True, "over HTTP"),
+    ],
+)
+def test_which_otel_settings_install_the_sdk(
+    env: dict[str, str], installed: bool, warning: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    provider = tracing.sdk_provider(env)
+    try:
+        assert (provider is not None) == installed
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        if warning is None:
+            assert warnings == []
+        else:
+            assert any(warning in w for w in warnings), warnings
+    finally:
+        if provider is not None:
+            provider.shutdown()
+
+
+async def test_the_provider_exports_each_span_to_the_otlp_endpoint(
+    aiohttp_server: Callable[..., Any], receiver_env: Callable[[str], None]
+) -> None:
+    receiver = Receiver()
+    app = web.Application()
+    app.router.add_post("/v1/traces", receiver.export)
+    server = await aiohttp_server(app)
+    receiver_env(str(server.make_url("")).rstrip("/"))
+    provider = await asyncio.to_thread(tracing.sdk_provider, os.environ)
+    try:
+        with provider.get_tracer("dispatcher").start_as_current_span("send user.signup"):
+            pass
+        assert await asyncio.to_thread(provider.force_flush)
+    finally:
+        await asyncio.to_thread(provider.shutdown)
+    ((headers, request),) = receiver.requests
+    (span,) = request.resource_spans[0].scope_spans[0].spans
+    assert span.name == "send user.signup"
+    assert headers["x-tenant"] == "acme"

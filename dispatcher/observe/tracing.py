@@ -22,6 +22,7 @@ import importlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import Token
+from typing import Any
 
 import msgspec
 from opentelemetry import context as otel_context
@@ -190,24 +191,52 @@ def configure_sdk(env: Mapping[str, str]) -> Callable[[], None] | None:
     SDK tracer provider exporting over OTLP (configured by the standard OTEL_* variables:
     endpoint, headers, service name, sampler). Answers the shutdown (flush) function, or
     None when tracing stays API-only. The SDK is imported only here, at run time."""
-    wanted = env.get("OTEL_TRACES_EXPORTER", "otlp" if _otlp_configured(env) else "none")
-    if wanted.strip().lower() in ("", "none") or env.get("OTEL_SDK_DISABLED") == "true":
+    provider = sdk_provider(env)
+    if provider is None:
         return None
+    trace.set_tracer_provider(provider)
+    shutdown: Callable[[], None] = provider.shutdown
+    return shutdown
+
+
+def sdk_provider(env: Mapping[str, str]) -> Any:
+    """The SDK tracer provider `configure_sdk` installs (None: tracing stays API-only)."""
+    log = logging.getLogger("dispatcher.tracing")
+    wanted = env.get("OTEL_TRACES_EXPORTER", "otlp" if _otlp_configured(env) else "none")
+    exporters = {name.strip().lower() for name in wanted.split(",")} - {"", "none"}
+    if not exporters or env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    if exporters != {"otlp"}:
+        log.warning(
+            "OTEL_TRACES_EXPORTER=%s: the dispatcher exports over OTLP only%s",
+            wanted,
+            "" if "otlp" in exporters else "; traces stay off",
+        )
+        if "otlp" not in exporters:
+            return None
+    protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(
+        "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
+    )
+    if protocol.strip().lower() != "http/protobuf":
+        log.warning(
+            "OTEL_EXPORTER_OTLP_PROTOCOL=%s: the dispatcher sends OTLP over HTTP "
+            "(http/protobuf) only; point the endpoint at the collector's HTTP receiver "
+            "(port 4318 by default)",
+            protocol,
+        )
     try:
         sdk_trace = importlib.import_module("opentelemetry.sdk.trace")
         export = importlib.import_module("opentelemetry.sdk.trace.export")
         otlp = importlib.import_module("dispatcher.observe.otlp")  # imports the exporter
     except ImportError:
-        logging.getLogger("dispatcher.tracing").warning(
+        log.warning(
             "OTEL_* tracing is configured but the `otel` extra is not installed: "
             "pip install 'dispatcher[otel]'; traces stay off"
         )
         return None
     provider = sdk_trace.TracerProvider()  # resource and sampler from OTEL_* variables
     provider.add_span_processor(export.BatchSpanProcessor(otlp.exporter()))
-    trace.set_tracer_provider(provider)
-    shutdown: Callable[[], None] = provider.shutdown
-    return shutdown
+    return provider
 
 
 def _otlp_configured(env: Mapping[str, str]) -> bool:
