@@ -576,6 +576,47 @@ async def test_no_handoff_while_older_jobs_wait_or_priorities_differ(store: Sqli
     assert window.ids == ["now"]
 
 
+async def test_retries_scheduled_for_later_do_not_stop_the_handoff(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A flaky receiver's pool has retries pending: new jobs sort ahead of them.
+    window = Window(room=10)
+    store.hand_off("p", window)
+    await store.enqueue([new_message("later", delay=60)])  # due at T0 + 60
+    await store.enqueue([new_message("now1", created=T0 + 1)])
+    assert window.ids == ["now1"]
+    assert store._next_at["p"] == T0 + 60  # what the tail's claims go by
+    commits = store.commits
+    await store.enqueue([new_message("now2", created=T0 + 2)])
+    assert window.ids == ["now1", "now2"]
+    claim = await store.claim("p", 10, T0 + 3)  # the tail: nothing ready, "later" not due
+    assert (claim.jobs, claim.next_at) == ([], T0 + 60)
+    assert store.commits == commits + 1  # the enqueue's only
+    # Once "later" is due, it comes first: nothing is handed over past it.
+    await store.enqueue([new_message("now3", created=T0 + 61)])
+    assert window.ids == ["now1", "now2"]
+    claim = await store.claim("p", 10, T0 + 61)
+    assert _ids(claim.jobs) == ["later", "now3"]
+    # The writer looks at a few queued jobs only, not a whole backlog of retries.
+    monkeypatch.setattr(sqlite_writes, "_FEW", 2)
+    await store.enqueue([new_message(f"s{i}", created=T0 + 62, delay=60) for i in range(3)])
+    await store.enqueue([new_message("now4", created=T0 + 63)])
+    assert window.ids == ["now1", "now2"]
+
+
+async def test_a_tail_opened_past_a_retry_knows_when_the_retry_is_due(store: SqliteStore) -> None:
+    await store.claim("p", 10, T0)  # the file's claim: nothing scheduled
+    await store.enqueue([new_message("a")])
+    (a,) = (await store.claim("p", 10, T0 + 1)).jobs
+    await store.complete([retry(a, T0 + 2, retry_at=T0 + 5)])
+    assert store._next_at["p"] is None  # what the last claim of the file saw
+    await store.enqueue([new_message("b", created=T0 + 3)])  # only the retry queued: later
+    assert store._next_at["p"] == T0 + 5
+    assert _ids((await store.claim("p", 10, T0 + 4)).jobs) == ["b"]
+    # Were the tail to go by the old schedule, it would answer "nothing" for ever.
+    assert _ids((await store.claim("p", 10, T0 + 6)).jobs) == ["a"]
+
+
 async def test_handed_jobs_go_back_on_release_and_after_a_crash(
     store: SqliteStore, db_path: Path
 ) -> None:

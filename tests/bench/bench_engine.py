@@ -1,13 +1,14 @@
 """Engine benchmarks (issue 2). Prints numbers; asserts nothing.
 
     python -m tests.bench.bench_engine throughput [--store sqlite|memory] [--messages N]
-        [--producers N]
+        [--producers N] [--scheduled N]
     python -m tests.bench.bench_engine latency [--rates 100,1000,5000] [--seconds 10]
     python -m tests.bench.bench_engine backlog [--messages 1000000]
     python -m tests.bench.bench_engine drain [--messages 30000]
 
 throughput: N messages published through Dispatcher.publish in batches of 1,000 to one pool
 with a no-op python sink and concurrency 64; end to end = first publish to last delivery.
+`--scheduled N` queues N jobs due in an hour first, as a pool with retries pending has.
 latency: single messages offered at steady rates, open loop, through api.Singles (the path
 of POST /v1/messages); publish called (the commit's wait included) to sink start: p50, p99,
 p99.9.
@@ -81,11 +82,15 @@ def _url(store: str, directory: str) -> str:
     return f"sqlite:///{directory}/bench.db" if store == "sqlite" else "memory://"
 
 
-async def throughput(store: str, messages: int, batch: int, producers: int = 1) -> float:
+async def throughput(
+    store: str, messages: int, batch: int, producers: int = 1, scheduled: int = 0
+) -> float:
     with tempfile.TemporaryDirectory() as directory:
         settings = _settings(_url(store, directory), "tests.bench.handlers:noop")
         dispatcher = Dispatcher(settings)
         await dispatcher.start()
+        if scheduled:  # as retries pending on a flaky receiver: due in an hour
+            await dispatcher.publish([Publish("bench.click", b"{}", delay=3600.0)] * scheduled)
         handlers.reset(messages)
         payload = b'{"user": 42, "event": "click", "path": "/home"}'
         cpu_before = thread_cpu()
@@ -105,7 +110,8 @@ async def throughput(store: str, messages: int, batch: int, producers: int = 1) 
         await dispatcher.stop()
     rate = messages / (delivered - started)
     print(
-        f"throughput store={store} messages={messages} batch={batch} producers={producers}: "
+        f"throughput store={store} messages={messages} batch={batch} producers={producers}"
+        f"{f' scheduled={scheduled}' if scheduled else ''}: "
         f"publish {messages / (published - started):,.0f}/s, "
         f"end to end {rate:,.0f} messages/s ({delivered - started:.2f} s)"
     )
@@ -201,12 +207,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--messages", type=int, default=None)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--producers", type=int, default=1, help="batches in flight at once")
+    parser.add_argument(
+        "--scheduled", type=int, default=0, help="throughput: jobs due in an hour, queued first"
+    )
     parser.add_argument("--rates", default="100,1000,5000", help="latency: offered msgs/s")
     parser.add_argument("--seconds", type=float, default=10)
     args = parser.parse_args(argv)
     tune_process()  # measure what `dispatcher serve` runs: the same GIL switch interval
     if args.kind == "throughput":
-        asyncio.run(throughput(args.store, args.messages or 100_000, args.batch, args.producers))
+        asyncio.run(
+            throughput(
+                args.store, args.messages or 100_000, args.batch, args.producers, args.scheduled
+            )
+        )
     elif args.kind == "latency":
         for rate in args.rates.split(","):
             asyncio.run(latency(args.store, float(rate), args.seconds))

@@ -57,10 +57,12 @@ row and an index update per message, only for a crash to make them ready again a
 Handoff (Store.hand_off): a pool that keeps up has nothing queued when new work arrives,
 and a claim would only read back what was just written. So an enqueue asks each pool for
 room in its window (on the loop, as the rows are built) and writes that many of the new
-jobs as 1, claimed, when the writer finds the pool with nothing else queued (else they are
-written 0 after all: a claim returns older jobs first). Such a job never enters jobs_ready
-(no index entry written, none deleted on completion), and once the commit is done the store
-hands the pool Jobs made from the Message objects it was given, reading nothing back.
+jobs as 1, claimed, when the writer finds nothing queued that a claim would return first
+(else they are written 0 after all): nothing at all, or only jobs scheduled after the batch
+(retries pending on a flaky receiver; a few are counted, up to writes._FEW). Such a job
+never enters jobs_ready (no index entry written, none deleted on completion), and once the
+commit is done the store hands the pool Jobs made from the Message objects it was given,
+reading nothing back.
 
 Threading model:
 

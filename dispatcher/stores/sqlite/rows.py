@@ -63,9 +63,10 @@ class NewRows:
         self.counts: dict[str, int] = {}
         #: pool -> jids written claimed, in claim order
         self.taken: dict[str, list[int]] = {}
-        #: pool -> its books' ready_gen, for pools with nothing queued before this batch
-        #: (filled by the writer, writes._hand_over)
-        self.opens: dict[str, int] = {}
+        #: pool -> (its books' ready_gen, its next scheduled job's time), for pools with
+        #: nothing queued before this batch that a claim would return first (filled by the
+        #: writer, writes._hand_over)
+        self.opens: dict[str, tuple[int, float | None]] = {}
         self.now = now = batch[0].message.created_at
         priority0 = batch[0].message.priority
         plain = True  # every message without headers or trace, sharing priority and times

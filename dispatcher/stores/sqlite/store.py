@@ -413,8 +413,13 @@ class SqliteStore(Store):
         that had nothing queued before it starts a tail; a scheduled job may bring the
         pool's next_at forward (the tail's claims must then ask the file)."""
         tails, fresh, next_at = self._tails, self._fresh, self._next_at
-        for pool, gen in rows.opens.items():
+        for pool, (gen, at) in rows.opens.items():
             tails[pool] = _Tail(gen)  # a tail left over holds only jobs claimed since
+            if at is not None:
+                # Jobs scheduled for later were queued: the time the writer read with the
+                # batch replaces what the last claim of the file said, which may predate a
+                # retry (a retry written since moves ready_gen: then the file answers).
+                next_at[pool] = at
         first = rows.first_mid
         for jid, mid, pool, state, priority, available_at, _ in rows.jobs:
             if state != READY:

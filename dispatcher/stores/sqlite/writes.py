@@ -52,6 +52,11 @@ _CLAIM_LOWER = f"""SELECT {_CLAIM_COLUMNS}
     AND j.priority < ?3
     ORDER BY j.priority DESC, j.available_at, j.jid LIMIT ?4"""
 _NEXT_AT = "SELECT min(available_at) FROM jobs WHERE state = 4 AND pool = ?"
+#: of a pool's first ?3 scheduled jobs, how many are due after ?2, and the first one's time
+_LATER = """SELECT count(*), min(available_at) FROM (SELECT available_at FROM jobs
+    WHERE state = 4 AND pool = ?1 AND available_at > ?2 ORDER BY available_at LIMIT ?3)"""
+#: up to how many queued jobs the writer looks at to find them all scheduled for later
+_FEW: Final = 64
 # Outcomes: (head, tail) around a multi-row VALUES list, for _many; the jid comes last.
 _DELIVERED_SQL = (
     """UPDATE jobs SET state = 2, attempts = attempts + 1,
@@ -175,7 +180,7 @@ def enqueue(
         db.execute("SAVEPOINT enqueue")
         if _insert_messages(db, rows, new=True) == len(rows.messages):
             db.execute("RELEASE enqueue")
-            _hand_over(d, claims, rows, queued)
+            _hand_over(db, d, claims, rows, queued)
             _many(db, _INSERT_JOB, rows.jobs)
             _many(db, _INSERT_DEDUP, [k[1:] for k in rows.keyed])
             _arrived(d, claims, rows)
@@ -205,7 +210,7 @@ def enqueue(
     if len(kept) < len(rows.messages):
         rows = rows.keep(kept)
         given.taken = rows.taken  # what the store hands over
-    _hand_over(d, claims, rows, queued)
+    _hand_over(db, d, claims, rows, queued)
     given.jobs = rows.jobs  # and what it keeps for claims
     _insert_messages(db, rows, new=False)
     _many(db, _INSERT_JOB, rows.jobs)
@@ -214,15 +219,23 @@ def enqueue(
     return out
 
 
-def _hand_over(d: Delta, claims: ClaimBooks, rows: NewRows, queued: Queued) -> None:
-    """Book the jobs `rows.taken` as claimed, or, for a pool that has older jobs queued
-    (which a claim would return first), write them ready after all. Pools with nothing
-    queued before this batch go in `rows.opens` with their ready_gen: the store may keep
-    their queue's head in memory from this batch on (SqliteStore._tails)."""
+def _hand_over(
+    db: sqlite3.Connection, d: Delta, claims: ClaimBooks, rows: NewRows, queued: Queued
+) -> None:
+    """Book the jobs `rows.taken` as claimed, or, for a pool whose queue holds a job a
+    claim would return first, write them ready after all. A pool whose queue holds nothing
+    but jobs scheduled after this batch (retries pending on a flaky receiver) is as good as
+    empty: the new jobs sort ahead of them. Such pools go in `rows.opens` with their
+    ready_gen and the time their next scheduled job is due: the store may keep their
+    queue's head in memory from this batch on (SqliteStore._tails)."""
     for pool in rows.counts:
-        idle = queued(pool) == 0
+        waiting = queued(pool)
+        idle, next_at = waiting == 0, None
+        if 0 < waiting <= _FEW:
+            later, next_at = db.execute(_LATER, (pool, rows.now, waiting)).fetchone()
+            idle = later == waiting
         if idle:
-            rows.opens[pool] = claims.of(pool).ready_gen
+            rows.opens[pool] = (claims.of(pool).ready_gen, next_at)
         jids = rows.taken.get(pool)
         if jids and idle:
             d.undo.append(claims.of(pool).handed(jids))
