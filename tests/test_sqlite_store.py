@@ -361,6 +361,34 @@ async def _four(store: SqliteStore) -> None:
     await store.enqueue([new_message(f"a{i}", created=T0 + i) for i in range(4)])
 
 
+async def test_a_claim_with_a_clock_behind_a_replay_leaves_no_cursor_past_it(
+    store: SqliteStore,
+) -> None:
+    # The feeder read its clock just before an operator's replay committed.
+    await store.enqueue([new_message("x", priority=1)])
+    (x,) = (await store.claim("p", 1, T0)).jobs
+    await store.complete([dead(x, T0)])
+    await store.enqueue([new_message(i) for i in ("a", "b", "c")])
+    store._tails.pop("p")  # claims of the file from here
+    await store.dlq_replay(DlqFilter(pool="p"), T0 + 10)  # x ready at T0 + 10
+    assert _ids((await store.claim("p", 1, T0 + 9)).jobs) == ["a"]
+    assert _ids((await store.claim("p", 10, T0 + 11)).jobs) == ["x", "b", "c"]
+
+
+async def test_a_claim_with_a_clock_behind_a_promotion_leaves_no_cursor_past_it(
+    store: SqliteStore,
+) -> None:
+    # Two claims of the file with clocks a little apart: the later one promotes a
+    # scheduled job, which the earlier must not step over; nor once it is released.
+    await store.enqueue([new_message("x", priority=1, delay=10)])  # due at T0 + 10
+    await store.enqueue([new_message(i) for i in ("a", "b", "c")])
+    store._tails.pop("p", None)
+    (x,) = (await store.claim("p", 1, T0 + 10)).jobs
+    await store.release([x])
+    assert _ids((await store.claim("p", 1, T0 + 9)).jobs) == ["a"]  # x not yet due then
+    assert _ids((await store.claim("p", 10, T0 + 11)).jobs) == ["x", "b", "c"]
+
+
 async def test_a_release_and_a_claim_in_one_group(store: SqliteStore) -> None:
     await _four(store)
     first = (await store.claim("p", 2, T0 + 100)).jobs
@@ -576,32 +604,43 @@ async def test_no_handoff_while_older_jobs_wait_or_priorities_differ(store: Sqli
     assert window.ids == ["now"]
 
 
-async def test_retries_scheduled_for_later_do_not_stop_the_handoff(
-    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A flaky receiver's pool has retries pending: new jobs sort ahead of them.
+async def test_retries_scheduled_for_later_do_not_stop_the_handoff(store: SqliteStore) -> None:
+    # A flaky receiver's pool has a retry pending: new jobs sort ahead of it.
     window = Window(room=10)
     store.hand_off("p", window)
-    await store.enqueue([new_message("later", delay=60)])  # due at T0 + 60
+    await store.enqueue([new_message("flaky")])
+    ((flaky,), _) = window.received[-1]
+    await store.complete([retry(flaky, T0 + 1, retry_at=T0 + 60)])
     await store.enqueue([new_message("now1", created=T0 + 1)])
-    assert window.ids == ["now1"]
+    assert window.ids == ["flaky", "now1"]
     assert store._next_at["p"] == T0 + 60  # what the tail's claims go by
     commits = store.commits
-    await store.enqueue([new_message("now2", created=T0 + 2)])
-    assert window.ids == ["now1", "now2"]
-    claim = await store.claim("p", 10, T0 + 3)  # the tail: nothing ready, "later" not due
+    claim = await store.claim("p", 10, T0 + 3)  # the tail: nothing ready, the retry not due
     assert (claim.jobs, claim.next_at) == ([], T0 + 60)
-    assert store.commits == commits + 1  # the enqueue's only
-    # Once "later" is due, it comes first: nothing is handed over past it.
-    await store.enqueue([new_message("now3", created=T0 + 61)])
-    assert window.ids == ["now1", "now2"]
+    assert store.commits == commits
+    # Once it is due, the retry comes first: nothing is handed over past it, not even a
+    # job of the same time, nor one of a batch whose last job is later than the retry.
+    await store.enqueue([new_message("now2", created=T0 + 60)])
+    await store.enqueue([new_message("now3", created=T0 + 2), new_message("now4", created=T0 + 61)])
+    assert window.ids == ["flaky", "now1"]
     claim = await store.claim("p", 10, T0 + 61)
-    assert _ids(claim.jobs) == ["later", "now3"]
-    # The writer looks at a few queued jobs only, not a whole backlog of retries.
+    assert _ids(claim.jobs) == ["now3", "flaky", "now2", "now4"]
+
+
+async def test_the_writer_looks_past_a_few_scheduled_jobs_only(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(sqlite_writes, "_FEW", 2)
-    await store.enqueue([new_message(f"s{i}", created=T0 + 62, delay=60) for i in range(3)])
-    await store.enqueue([new_message("now4", created=T0 + 63)])
-    assert window.ids == ["now1", "now2"]
+    window = Window(room=10)
+    store.hand_off("p", window)
+    await store.enqueue([new_message(f"s{i}", delay=60) for i in range(2)])
+    await store.enqueue([new_message("past-two", created=T0 + 1)])
+    assert window.ids == ["past-two"]
+    await store.enqueue([new_message("s2", created=T0 + 1, delay=60)])
+    await store.enqueue([new_message("past-three", created=T0 + 2)])  # not looked at
+    assert window.ids == ["past-two"]
+    claim = await store.claim("p", 10, T0 + 100)
+    assert _ids(claim.jobs) == ["past-three", "s0", "s1", "s2"]
 
 
 async def test_a_tail_opened_past_a_retry_knows_when_the_retry_is_due(store: SqliteStore) -> None:

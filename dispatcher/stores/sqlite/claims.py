@@ -42,8 +42,9 @@ class Claims:
     at, so the next claim reads on from there instead of past every held job again.
     Anything written into the ready set ahead of the cursor (a release, a promotion, a
     replay, an enqueue that sorts first) clears it, and the next claim starts again from the
-    head of the index. `future_at` is the latest time a ready job was written with: a claim
-    made with an earlier `now` may not see it, so it must not leave a cursor past it.
+    head of the index. `future_at` is the latest time a job became ready at (written, promoted,
+    replayed or released): a claim made with an earlier `now` may not see it, so it must
+    not leave a cursor past it.
 
     Every change happens at once, under the store's lock (the reader looks at `held`), and
     answers its inverse for the request's undo log. A finished job moves from `held` to
@@ -121,14 +122,28 @@ class Claims:
         """Claimed, or finished by a write not yet committed (call under the lock)."""
         return jid in self.held or jid in self.leaving
 
-    def released(self, jids: Sequence[int]) -> Callable[[], None]:
-        self.readied()
-        return self._set((), jids, None)[1]
+    def released(self, jids: Sequence[int], latest: float) -> Callable[[], None]:
+        """`jids` are ready again, the last of them due at `latest`."""
+        return self._made_ready(jids, latest)
 
-    def rewind(self) -> Callable[[], None]:
-        """Jobs were made ready ahead of the cursor (a replay)."""
+    def rewind(self, latest: float) -> Callable[[], None]:
+        """Jobs were made ready ahead of the cursor (a replay), the last due at `latest`."""
+        return self._made_ready((), latest)
+
+    def _made_ready(self, release: Sequence[int], latest: float) -> Callable[[], None]:
+        # They may sort anywhere, so the next claim starts from the head; and one made with
+        # an earlier `now` must not leave its cursor past them (future_at), or they would
+        # never be read again.
         self.readied()
-        return self._set((), (), None)[1]
+        before = self.future_at
+        self.future_at = max(before, latest)
+        undo_set = self._set((), release, None)[1]
+
+        def undo() -> None:
+            undo_set()
+            self.future_at = before
+
+        return undo
 
     def give_back(self, jids: Sequence[int]) -> None:
         """Un-hold jobs taken from the tail that their claim could not hand out."""

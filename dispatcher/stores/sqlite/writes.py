@@ -228,11 +228,14 @@ def _hand_over(
     empty: the new jobs sort ahead of them. Such pools go in `rows.opens` with their
     ready_gen and the time their next scheduled job is due: the store may keep their
     queue's head in memory from this batch on (SqliteStore._tails)."""
+    # Scheduled jobs must be due after the last of the new ready jobs (a batch given
+    # through the Store API may span several times; the publisher's share one).
+    after = rows.now if rows.first_ready is None else max(rows.now, rows.first_ready[2])
     for pool in rows.counts:
         waiting = queued(pool)
         idle, next_at = waiting == 0, None
         if 0 < waiting <= _FEW:
-            later, next_at = db.execute(_LATER, (pool, rows.now, waiting)).fetchone()
+            later, next_at = db.execute(_LATER, (pool, after, waiting)).fetchone()
             idle = later == waiting
         if idle:
             rows.opens[pool] = (claims.of(pool).ready_gen, next_at)
@@ -294,6 +297,9 @@ def claim(
     if db.execute(_PROMOTE, (pool, now)).rowcount:
         cursor = None
         books.readied()
+        # Due by `now`: a claim with an earlier clock must not leave its cursor past them
+        # (never undone: too late a future_at only costs a claim a read from the head).
+        books.future_at = max(books.future_at, now)
     rows: list[tuple[Any, ...]] = []
     while len(rows) < limit:
         want = limit - len(rows)
@@ -395,7 +401,9 @@ def release(db: sqlite3.Connection, d: Delta, claims: ClaimBooks, jobs: Sequence
             (_ids_json(mine),),
         )
         d[pool] = [len(mine), -len(mine), 0]
-        d.undo.append(books.released(mine))
+        ready = set(mine)
+        latest = max((job.enqueued_at for job in jobs if job.key in ready), default=0.0)
+        d.undo.append(books.released(mine, latest))
 
 
 def replay(
@@ -414,7 +422,7 @@ def replay(
         d[pool] = [n, 0, -n]
         books = claims.get(pool)
         if books is not None:
-            d.undo.append(books.rewind())
+            d.undo.append(books.rewind(now))  # ready ones are due at `now`
     return out
 
 
