@@ -100,6 +100,33 @@ async def test_messages_that_arrive_together_are_one_publish(dispatcher: Dispatc
     assert again.id not in {r.id for r in results}
 
 
+async def test_requests_that_arrive_while_a_group_commits_leave_together(
+    dispatcher: Dispatcher,
+) -> None:
+    calls: list[list[Publish]] = []
+    publish_each = dispatcher.publish_each
+    go = asyncio.Event()
+
+    async def slow(items: Sequence[Publish]) -> list[Accepted | Rejected]:
+        calls.append(list(items))
+        await go.wait()  # as a commit waiting for the disk
+        return await publish_each(items)
+
+    dispatcher.publish_each = slow  # type: ignore[method-assign]
+    singles = Singles(dispatcher)
+    first = asyncio.create_task(singles.publish(item("user.first")))
+    await asyncio.sleep(0.01)  # its group is out, waiting for its commit
+    later = []
+    for n in range(5):  # one a pass: alone, each would be a group of its own
+        later.append(asyncio.create_task(singles.publish(item(f"user.n{n}"))))
+        await asyncio.sleep(0.001)
+    assert [len(c) for c in calls] == [1]
+    go.set()
+    results = await asyncio.gather(first, *later)
+    assert [len(c) for c in calls] == [1, 5]
+    assert [r.tag for r in results] == ["user.first"] + [f"user.n{n}" for n in range(5)]
+
+
 async def test_refused_requests_get_their_own_answers_in_the_same_group(
     dispatcher: Dispatcher,
 ) -> None:

@@ -10,6 +10,7 @@ route runs which handler, with which scope, is the table in `routes.py`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import AsyncIterator, Sequence
 
@@ -30,8 +31,12 @@ class Singles:
     round trip, a savepoint in the writer), so 64 concurrent `POST /v1/messages` cost far
     less as one publish of 64. A group collects the requests whose handlers run in the same
     event-loop pass (those read in one poll) and is published on the next pass: one extra
-    pass of latency, nothing else. Every message joins: anonymous ones, producer ids and
-    Idempotency-Keys, traced ones.
+    pass of latency, nothing else. While a group is being published (its commit waits for
+    the writer), the next one goes on growing, and leaves when that is done: it could not
+    commit sooner, and one write of many costs the writer less than many of a few (with
+    in_flight 1: 64 clients with ids 64-65% -> 69% of bare aiohttp, p50 at 5,000/s 1.5-1.8
+    -> 0.7-0.8 ms). Every message joins: anonymous ones, producer ids and Idempotency-Keys,
+    traced ones.
 
     The answers stay those of publishing alone (`Dispatcher.publish_each`): a duplicate is
     a duplicate, a reused id its own 422, a refused message its own 4xx/429/503, and
@@ -40,10 +45,16 @@ class Singles:
     span, whichever request's task publishes the group.
     """
 
-    def __init__(self, dispatcher: Dispatcher, max_group: int = ingest.MAX_BATCH) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, max_group: int = ingest.MAX_BATCH, in_flight: int = 1
+    ) -> None:
         self._dispatcher = dispatcher
         self._max = max_group
+        self._in_flight = in_flight
         self._group: list[tuple[Publish, asyncio.Future[Accepted]]] | None = None
+        self._waiting: collections.deque[list[tuple[Publish, asyncio.Future[Accepted]]]] = (
+            collections.deque()
+        )
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def publish(self, item: Publish) -> Accepted:
@@ -65,7 +76,10 @@ class Singles:
         group = self._group
         if group is None or len(group) >= self._max:
             group = self._group = []
-            loop.call_soon(self._flush, group)
+            if len(self._tasks) < self._in_flight:
+                loop.call_soon(self._flush, group)
+            else:  # it grows until a group in flight is done
+                self._waiting.append(group)
         group.append((item, future))
         return future
 
@@ -74,7 +88,12 @@ class Singles:
             self._group = None
         task = asyncio.get_running_loop().create_task(self._publish(group))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._waiting:
+            self._flush(self._waiting.popleft())
 
     async def _publish(self, group: list[tuple[Publish, asyncio.Future[Accepted]]]) -> None:
         # A request that went away before its group left (the client hung up) stays out.
@@ -103,7 +122,7 @@ class Singles:
     async def run(self, app: web.Application) -> AsyncIterator[None]:
         """The app's cleanup context: groups still publishing are awaited at shutdown."""
         yield
-        if self._tasks:
+        while self._tasks:  # a group done lets a waiting one go
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
