@@ -845,10 +845,13 @@ async def test_jobs_taken_from_the_tail_come_back_when_the_file_fails_the_rest(
     async def failing(*args: Any, **kwargs: Any) -> Any:
         raise StoreError("the disk is full")
 
+    gen = store._claims["p"].ready_gen
     with monkeypatch.context() as m:
         m.setattr(store, "_write_volatile", failing)
         with pytest.raises(StoreError):
             await store.claim("p", 10, T0 + 1)  # "a" from the tail, then the file fails
+    # Ready again: a tail begun meanwhile would not hold "a", so it must not answer claims.
+    assert store._claims["p"].ready_gen > gen
     counts = (await store.counts(T0 + 1))["p"]
     assert (counts.ready, counts.claimed) == (2, 0)
     claim = await store.claim("p", 10, T0 + 1)

@@ -146,9 +146,11 @@ class Claims:
         return undo
 
     def give_back(self, jids: Sequence[int]) -> None:
-        """Un-hold jobs taken from the tail that their claim could not hand out."""
+        """Un-hold jobs taken from the tail that their claim could not hand out: ready
+        again, which a tail begun meanwhile does not hold (so its claims ask the file)."""
         with self.lock:
             self.held.difference_update(jids)
+            self.ready_gen += 1
 
     def readied(self) -> None:
         """Jobs became ready other than by an enqueue. Never undone: a generation moved in
