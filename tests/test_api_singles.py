@@ -5,6 +5,7 @@ alone, and its span stays its own: on the memory store, a real SQLite file and R
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -103,17 +104,8 @@ async def test_messages_that_arrive_together_are_one_publish(dispatcher: Dispatc
 async def test_requests_that_arrive_while_a_group_commits_leave_together(
     dispatcher: Dispatcher,
 ) -> None:
-    calls: list[list[Publish]] = []
-    publish_each = dispatcher.publish_each
-    go = asyncio.Event()
-
-    async def slow(items: Sequence[Publish]) -> list[Accepted | Rejected]:
-        calls.append(list(items))
-        await go.wait()  # as a commit waiting for the disk
-        return await publish_each(items)
-
-    dispatcher.publish_each = slow  # type: ignore[method-assign]
-    singles = Singles(dispatcher)
+    calls, go = held(dispatcher)
+    singles = Singles(dispatcher, max_wait=10.0)
     first = asyncio.create_task(singles.publish(item("user.first")))
     await asyncio.sleep(0.01)  # its group is out, waiting for its commit
     later = []
@@ -125,6 +117,70 @@ async def test_requests_that_arrive_while_a_group_commits_leave_together(
     results = await asyncio.gather(first, *later)
     assert [len(c) for c in calls] == [1, 5]
     assert [r.tag for r in results] == ["user.first"] + [f"user.n{n}" for n in range(5)]
+
+
+def held(dispatcher: Dispatcher) -> tuple[list[list[Publish]], asyncio.Event]:
+    """Every group `publish_each` is called with, each held until the event is set."""
+    calls: list[list[Publish]] = []
+    publish_each = dispatcher.publish_each
+    go = asyncio.Event()
+
+    async def slow(items: Sequence[Publish]) -> list[Accepted | Rejected]:
+        calls.append(list(items))
+        await go.wait()  # as a commit waiting for the disk
+        return await publish_each(items)
+
+    dispatcher.publish_each = slow  # type: ignore[method-assign]
+    return calls, go
+
+
+async def test_a_group_waits_at_most_max_wait(dispatcher: Dispatcher) -> None:
+    calls, go = held(dispatcher)
+    singles = Singles(dispatcher, max_wait=0.05)
+    first = asyncio.create_task(singles.publish(item("user.first")))
+    await asyncio.sleep(0.005)
+    later = asyncio.create_task(singles.publish(item("user.later")))
+    await asyncio.sleep(0.01)
+    assert [len(c) for c in calls] == [1]  # waiting behind the first
+    await asyncio.sleep(0.1)
+    assert [len(c) for c in calls] == [1, 1]  # overdue: it went beside the first
+    go.set()
+    assert [r.tag for r in await asyncio.gather(first, later)] == ["user.first", "user.later"]
+    with pytest.raises(ValueError, match="max_in_flight"):
+        Singles(dispatcher, max_in_flight=0)
+
+
+async def test_a_failed_group_lets_the_waiting_one_go_in_a_context_of_its_own(
+    dispatcher: Dispatcher,
+) -> None:
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+    publish_each = dispatcher.publish_each
+    go = asyncio.Event()
+    seen: list[tuple[int, str]] = []
+
+    async def fails_first(items: Sequence[Publish]) -> list[Accepted | Rejected]:
+        seen.append((len(items), request_id.get()))
+        if len(seen) == 1:
+            await go.wait()
+            raise Unavailable("the store is away", retry_after=1.0)
+        return await publish_each(items)
+
+    dispatcher.publish_each = fails_first  # type: ignore[method-assign]
+    singles = Singles(dispatcher)
+
+    async def request(n: int) -> Accepted:
+        request_id.set(f"request {n}")  # as a request's log context
+        return await singles.publish(item(f"user.n{n}"))
+
+    first = asyncio.create_task(request(0))
+    await asyncio.sleep(0.001)
+    later = [asyncio.create_task(request(n)) for n in (1, 2)]
+    await asyncio.sleep(0.001)
+    go.set()
+    with pytest.raises(Unavailable):
+        await first
+    assert [r.tag for r in await asyncio.gather(*later)] == ["user.n1", "user.n2"]
+    assert seen == [(1, "-"), (2, "-")]  # no request's context
 
 
 async def test_refused_requests_get_their_own_answers_in_the_same_group(
