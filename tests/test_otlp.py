@@ -141,24 +141,23 @@ class Receiver:
 
 
 @pytest.fixture
-def receiver_env(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
-    def configure(url: str) -> None:
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url)
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=acme,authorization=Bearer%20t")
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "5")
-
-    return configure
-
-
-async def test_the_exporter_sends_our_encoding_with_the_sdks_settings(
-    aiohttp_server: Callable[..., Any], receiver_env: Callable[[str], None]
-) -> None:
+async def receiver(aiohttp_server: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> Receiver:
+    """A real OTLP/HTTP receiver, and the OTEL_* variables that point the SDK's exporter at
+    it (with headers, gzip and a timeout, to see them applied)."""
     receiver = Receiver()
     app = web.Application()
     app.router.add_post("/v1/traces", receiver.export)
     server = await aiohttp_server(app)
-    receiver_env(str(server.make_url("")).rstrip("/"))
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", str(server.make_url("")).rstrip("/"))
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=acme,authorization=Bearer%20t")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "5")
+    return receiver
+
+
+async def test_the_exporter_sends_our_encoding_with_the_sdks_settings(
+    receiver: Receiver,
+) -> None:
     exporter = otlp.exporter()
     assert isinstance(exporter, otlp.FastExporter)  # the installed SDK takes our bytes
     provider, memory = _provider()
@@ -273,13 +272,8 @@ def test_which_otel_settings_install_the_sdk(
 
 
 async def test_the_provider_exports_each_span_to_the_otlp_endpoint(
-    aiohttp_server: Callable[..., Any], receiver_env: Callable[[str], None]
+    receiver: Receiver,
 ) -> None:
-    receiver = Receiver()
-    app = web.Application()
-    app.router.add_post("/v1/traces", receiver.export)
-    server = await aiohttp_server(app)
-    receiver_env(str(server.make_url("")).rstrip("/"))
     provider = await asyncio.to_thread(tracing.sdk_provider, os.environ)
     try:
         with provider.get_tracer("dispatcher").start_as_current_span("send user.signup"):

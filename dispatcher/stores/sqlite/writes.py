@@ -394,15 +394,16 @@ def release(db: sqlite3.Connection, d: Delta, claims: ClaimBooks, jobs: Sequence
         books = claims.get(pool)
         if books is None:
             continue
-        mine = [jid for jid in set(jids) if jid in books.held]
+        held = books.held
+        mine = [jid for jid in set(jids) if jid in held]
+        # When the last of them is due (read before `released` lets go of them)
+        latest = max((job.enqueued_at for job in jobs if job.key in held), default=0.0)
         # Jobs handed over at enqueue were written claimed: ready them (others match nothing).
         db.execute(
             "UPDATE jobs SET state = 0 WHERE jid IN (SELECT value FROM json_each(?)) AND state = 1",
             (_ids_json(mine),),
         )
         d[pool] = [len(mine), -len(mine), 0]
-        ready = set(mine)
-        latest = max((job.enqueued_at for job in jobs if job.key in ready), default=0.0)
         d.undo.append(books.released(mine, latest))
 
 
